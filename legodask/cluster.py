@@ -1,0 +1,93 @@
+"""Where stages run: a LocalCluster by default, or an existing scheduler.
+
+``connect`` starts (or reaches) a ``distributed`` cluster and makes it the default
+for dask; ``compute`` runs a list of tasks on it with a progress bar.  Workers may
+advertise a ``GPU`` resource; stages that want one annotate their tasks with
+``GPU_RESOURCE`` and run elsewhere only when no worker has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import dask
+from dask.delayed import Delayed
+
+log = logging.getLogger("legodask")
+
+GPU_RESOURCE = {"GPU": 1}
+
+
+def _default_workers() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def connect(scheduler: str | None = None, n_workers: int | None = None,
+            threads_per_worker: int = 1, memory_limit: str = "auto",
+            gpus: int = 0, quiet: bool = False) -> Iterator[Any]:
+    """Yield a ``distributed.Client``: to ``scheduler`` when given, else to a new
+    LocalCluster of ``n_workers`` processes (one per core up to 4 by default)."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        resources = {"GPU": 1} if gpus else None
+        cluster = LocalCluster(n_workers=n_workers or _default_workers(),
+                               threads_per_worker=threads_per_worker,
+                               memory_limit=memory_limit, processes=True,
+                               resources=resources, dashboard_address=":0")
+        client = Client(cluster)
+    if not quiet:
+        print(f"dask cluster: {client.dashboard_link}", file=sys.stderr)
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def has_gpu_worker() -> bool:
+    """Whether the current cluster has a worker with a ``GPU`` resource."""
+    client = _client()
+    if client is None:
+        return False
+    info = client.scheduler_info(n_workers=-1)["workers"].values()
+    return any(w.get("resources", {}).get("GPU", 0) > 0 for w in info)
+
+
+def _client() -> Any:
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def compute(tasks: Sequence[Delayed], desc: str = "", progress: bool | None = None) -> list[Any]:
+    """Compute ``tasks`` on the current client (or dask's default scheduler) and
+    return their results in order, showing a progress bar on a terminal."""
+    if not tasks:
+        return []
+    show = sys.stderr.isatty() if progress is None else progress
+    client = _client()
+    if client is None:
+        return list(dask.compute(*tasks))
+    futures = client.compute(list(tasks))
+    if show:
+        from distributed import as_completed
+        from tqdm import tqdm
+
+        with tqdm(total=len(futures), desc=desc, unit="part") as bar:
+            for _ in as_completed(futures):
+                bar.update()
+    return client.gather(futures)
