@@ -67,16 +67,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool, run_dir: str | None = None) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+    """Log legodask's messages to stderr and, for a run, to ``RUN/logs/legodask.log``."""
+    logger = logging.getLogger("legodask")
+    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.handlers.clear()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if run_dir:
         from .store import Run
 
         handlers.append(logging.FileHandler(Run(run_dir).log_file))
-    logging.basicConfig(level=level, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("distributed", "numexpr", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for h in handlers:
+        h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(h)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,12 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     setup_logging(args.verbose, getattr(args, "run", None))
     module = importlib.import_module(args._module)
-    if not args._clustered:
-        return int(module.command(args) or 0)
-    from .cluster import connect
+    try:
+        if not args._clustered:
+            return int(module.command(args) or 0)
+        from .cluster import connect
 
-    with connect(args.scheduler, args.workers, args.threads, args.memory_limit, args.gpus):
-        return int(module.command(args) or 0)
+        with connect(args.scheduler, args.workers, args.threads, args.memory_limit, args.gpus):
+            return int(module.command(args) or 0)
+    except (OSError, ValueError, KeyError) as exc:
+        if args.verbose:
+            raise
+        print(f"legodask {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

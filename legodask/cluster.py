@@ -16,7 +16,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
-from dask.delayed import Delayed
 
 log = logging.getLogger("legodask")
 
@@ -73,9 +72,10 @@ def _client() -> Any:
         return None
 
 
-def compute(tasks: Sequence[Delayed], desc: str = "", progress: bool | None = None) -> list[Any]:
-    """Compute ``tasks`` on the current client (or dask's default scheduler) and
-    return their results in order, showing a progress bar on a terminal."""
+def compute(tasks: Sequence[Any], desc: str = "", progress: bool | None = None) -> list[Any]:
+    """Compute ``tasks`` (delayed objects or small dask collections) on the current
+    client (or dask's default scheduler) and return their results in order,
+    showing a progress bar on a terminal."""
     if not tasks:
         return []
     show = sys.stderr.isatty() if progress is None else progress

@@ -277,16 +277,25 @@ def decode_row(row: Mapping[str, Any], tol: float = 0.5, min_distance: float = 0
 
 
 def _check_distances(dec: Decoded, min_distance: float) -> None:
-    from ase.neighborlist import primitive_neighbor_list
-
     frac, _ = dec.positions()
-    cell = cellpar_to_cell(dec.cell)
-    i, d = primitive_neighbor_list("id", [True] * 3, cell, frac @ cell, min_distance,
-                                   self_interaction=False)
-    if len(d):
-        k = int(np.argmin(d))
-        raise DecodeError(f"atoms {i[k]} and a neighbour are {d[k]:.3f} Å apart "
-                          f"(< {min_distance} Å): atoms on top of each other")
+    d = nearest_distance(frac, cellpar_to_cell(dec.cell), min_distance)
+    if d < min_distance:
+        raise DecodeError(f"two atoms are {d:.3f} Å apart (< {min_distance} Å): "
+                          f"atoms on top of each other")
+
+
+def nearest_distance(frac: np.ndarray, cell: np.ndarray, cutoff: float) -> float:
+    """Shortest distance between two atoms of a periodic crystal, or ``inf`` when
+    none is shorter than ``cutoff`` (a k-d tree over the images within reach)."""
+    from scipy.spatial import cKDTree
+
+    recip = np.linalg.inv(cell).T                      # rows: reciprocal vectors / 2π
+    reach = np.ceil(cutoff * np.linalg.norm(recip, axis=1)).astype(int)
+    shifts = np.array(np.meshgrid(*[np.arange(-r, r + 1) for r in reach],
+                                  indexing="ij")).reshape(3, -1).T
+    images = (frac[None, :, :] + shifts[:, None, :]).reshape(-1, 3) @ cell
+    dist, _ = cKDTree(images).query(frac @ cell, k=2, distance_upper_bound=cutoff)
+    return float(dist[:, 1].min())
 
 
 # ---------------------------------------------------------------------------

@@ -57,6 +57,9 @@ def arrow_schema(meta: pd.DataFrame) -> pa.Schema:
 def write_frame(df: pd.DataFrame, path: Path, schema: pa.Schema) -> int:
     """Write one partition atomically (temporary name, then rename); return its rows."""
     df = df.reset_index(drop=True)
+    for col in schema.names:
+        if col not in df.columns:  # a column this partition never saw
+            df[col] = None
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata(None)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

@@ -1,0 +1,348 @@
+"""Structure table <-> model features: one-hot and Bayesian-GMM ("cont") or binned ("dis").
+
+The encoder is fitted once on the training table (categories from the whole table by
+dask reductions, mixtures on a sample of it) and then applied to each partition as
+array arithmetic.  The layout follows CTGAN/TVAE: a discrete column is a one-hot block;
+a continuous column is a scalar in [-1, 1] (its offset from a mixture mode in units of
+4 standard deviations) followed by a one-hot of the mode.  The coordinates of unused
+sites (NaN) get a mode of their own, so padding is learnt like any other value.  In
+"dis" mode every column is discrete: cell and coordinates are binned with
+``codec.Grid``.
+
+The encoded training matrix is written to ``RUN/features.zarr`` (chunked by rows, the
+encoder in its attributes) so that training streams it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+import pandas as pd
+
+from . import schema as S
+from .codec import Grid
+from .store import Run
+
+log = logging.getLogger("legodask")
+
+MODES = ("cont", "dis")
+FEATURES = "features.zarr"
+CONTINUOUS = [*S.CELL, *S.XYZ_FLAT]
+# Unused-site coordinates, element and Wyckoff padding are encoded as this category.
+_PAD = -1
+
+
+@dataclass(frozen=True)
+class Span:
+    """A block of the feature vector: ``dim`` columns from ``offset``; ``kind`` is
+    ``"scalar"`` (tanh output) or ``"onehot"`` (softmax output)."""
+
+    column: str
+    kind: str
+    offset: int
+    dim: int
+
+
+@dataclass
+class Categorical:
+    """A discrete column as a one-hot over the categories seen in training."""
+
+    column: str
+    categories: list[Any]
+
+    @property
+    def dim(self) -> int:
+        return len(self.categories)
+
+    def codes(self, values: pd.Series) -> np.ndarray:
+        """Category index of each value (-1 for a value never seen in training)."""
+        vals = values.where(values.notna(), _PAD) if values.dtype == object else values
+        return pd.Categorical(vals, categories=self.categories).codes.astype(np.int64)
+
+    def values(self, codes: np.ndarray) -> np.ndarray:
+        return np.asarray(self.categories, dtype=object)[codes]
+
+
+@dataclass
+class Mixture:
+    """A continuous column as (scalar, one-hot mode) of a Gaussian mixture; NaN is
+    the extra last mode when ``has_nan``."""
+
+    column: str
+    means: list[float]
+    stds: list[float]
+    weights: list[float]
+    has_nan: bool
+
+    @property
+    def n_modes(self) -> int:
+        return len(self.means)
+
+    @property
+    def dim(self) -> int:
+        return 1 + self.n_modes + int(self.has_nan)
+
+    def encode(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(scalar, mode)`` of each value: the most probable mode among those
+        within 4 standard deviations (the nearest one, clipped, if none is)."""
+        mu, sd = np.asarray(self.means), np.asarray(self.stds)
+        nan = np.isnan(x)
+        z = (np.where(nan, mu[0], x)[:, None] - mu[None, :]) / (4 * sd[None, :])
+        logp = np.log(self.weights)[None, :] - np.log(sd)[None, :] - 8 * z * z
+        inside = np.abs(z) <= 1
+        mode = np.where(inside.any(1), np.argmax(np.where(inside, logp, -np.inf), 1),
+                        np.argmin(np.abs(z), 1))
+        scalar = np.clip(z[np.arange(len(x)), mode], -1, 1)
+        return np.where(nan, 0.0, scalar), np.where(nan, self.n_modes, mode)
+
+    def decode(self, scalar: np.ndarray, mode: np.ndarray) -> np.ndarray:
+        mu = np.append(self.means, np.nan)
+        sd = np.append(self.stds, np.nan)
+        return np.clip(scalar, -1, 1) * 4 * sd[mode] + mu[mode]
+
+
+def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
+                seed: int = 0) -> Mixture:
+    """Fit a Bayesian GMM (Dirichlet-process prior, as CTGAN) to a column's values."""
+    from sklearn.mixture import BayesianGaussianMixture
+
+    x = x[np.isfinite(x)]
+    if len(x) == 0:
+        return Mixture(column, [0.0], [1.0], [1.0], has_nan)
+    n = int(min(max_modes, len(np.unique(x))))
+    if n < 2:
+        return Mixture(column, [float(x[0])], [1e-3], [1.0], has_nan)
+    gm = BayesianGaussianMixture(n_components=n, weight_concentration_prior_type="dirichlet_process",
+                                 weight_concentration_prior=1e-3, max_iter=200, n_init=1,
+                                 random_state=seed)
+    gm.fit(x.reshape(-1, 1))
+    keep = gm.weights_ > 5e-3
+    w = gm.weights_[keep]
+    return Mixture(column, gm.means_[keep, 0].tolist(),
+                   np.sqrt(gm.covariances_[keep].reshape(-1)).tolist(), (w / w.sum()).tolist(),
+                   has_nan)
+
+
+class Encoder:
+    """Table rows <-> feature matrix, in ``"cont"`` or ``"dis"`` mode."""
+
+    def __init__(self, mode: str, columns: Sequence[Categorical | Mixture],
+                 element: str | None, grid: Grid | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        self.mode = mode
+        self.columns = list(columns)
+        self.element = element
+        self.grid = grid or Grid()
+        spans, offset = [], 0
+        for col in self.columns:
+            if isinstance(col, Mixture):
+                spans += [Span(col.column, "scalar", offset, 1),
+                          Span(col.column, "onehot", offset + 1, col.dim - 1)]
+            else:
+                spans.append(Span(col.column, "onehot", offset, col.dim))
+            offset += col.dim
+        self.spans = spans
+        self.width = offset
+
+    # -- layout --------------------------------------------------------------
+    def span(self, column: str) -> Span:
+        """The one-hot span of a discrete column (the GAN's condition)."""
+        return next(s for s in self.spans if s.column == column and s.kind == "onehot")
+
+    def categories(self, column: str) -> list[Any]:
+        return next(c.categories for c in self.columns if c.column == column)
+
+    # -- transform -----------------------------------------------------------
+    def transform(self, df: pd.DataFrame, dtype: Any = np.float32) -> np.ndarray:
+        """Feature matrix of a partition of the structure table."""
+        df = S.conform(df)
+        if self.mode == "dis":
+            df = self.grid.to_bins(df)
+        out = np.zeros((len(df), self.width), dtype=dtype)
+        rows = np.arange(len(df))
+        offset = 0
+        for col in self.columns:
+            if isinstance(col, Mixture):
+                scalar, mode = col.encode(df[col.column].to_numpy(float))
+                out[:, offset] = scalar
+                out[rows, offset + 1 + mode] = 1
+            else:
+                codes = col.codes(df[col.column])
+                seen = codes >= 0
+                out[rows[seen], offset + codes[seen]] = 1
+            offset += col.dim
+        return out
+
+    def inverse_transform(self, x: np.ndarray) -> pd.DataFrame:
+        """Table rows (structure columns, not yet decoded) of a feature matrix; one-hot
+        blocks are read by their argmax."""
+        cols: dict[str, Any] = {}
+        offset = 0
+        for col in self.columns:
+            if isinstance(col, Mixture):
+                mode = np.argmax(x[:, offset + 1: offset + col.dim], axis=1)
+                cols[col.column] = col.decode(x[:, offset].astype(float), mode)
+            else:
+                codes = np.argmax(x[:, offset: offset + col.dim], axis=1)
+                cols[col.column] = col.values(codes)
+            offset += col.dim
+        df = pd.DataFrame(cols).astype({c: int for c in ["spg", *S.WP]})
+        if self.mode == "dis":
+            df = self.grid.from_bins(df.astype({c: float for c in CONTINUOUS}))
+        for k in range(S.MAX_SITES):
+            used = df[S.WP[k]] >= 0
+            if self.element is not None:
+                df[S.EL[k]] = np.where(used, self.element, None)
+            else:
+                df[S.EL[k]] = df[S.EL[k]].where(used & (df[S.EL[k]] != _PAD), None)
+            for c in S.XYZ[k]:
+                df[c] = df[c].where(used)
+        return S.conform(df)
+
+    # -- persistence ---------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "element": self.element, "grid": asdict(self.grid),
+                "columns": [{"type": type(c).__name__, **asdict(c)} for c in self.columns]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Encoder:
+        types = {"Categorical": Categorical, "Mixture": Mixture}
+        columns = [types[c.pop("type")](**c) for c in (dict(c) for c in d["columns"])]
+        return cls(d["mode"], columns, d["element"], Grid(**d["grid"]))
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: Path) -> Encoder:
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _python(v: Any) -> Any:
+    """A category as a JSON-able Python value."""
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
+        grid: Grid | None = None, seed: int = 0) -> Encoder:
+    """Fit an encoder on a training table (pandas or dask): categories from every row,
+    mixtures on a random sample of at most ``fit_rows`` rows."""
+    import dask.dataframe as dd
+
+    ddf = df_or_ddf if isinstance(df_or_ddf, dd.DataFrame) else dd.from_pandas(df_or_ddf, npartitions=1)
+    grid = grid or Grid()
+    elements = ddf[S.EL].map_partitions(_element_set, meta=(None, object))
+    n_rows = ddf.shape[0]
+    n, element_sets = dask.compute(n_rows, elements)
+    element_set = set().union(*element_sets)
+    single = len(element_set) <= 1
+    discrete = ["spg", *S.WP, *([] if single else S.EL)]
+    if mode == "dis":
+        binned = ddf.map_partitions(lambda p: grid.to_bins(S.conform(p))[CONTINUOUS],
+                                    meta=pd.DataFrame({c: pd.Series(dtype=float) for c in CONTINUOUS}))
+        uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
+        uniques += [binned[c].unique() for c in CONTINUOUS]
+        names = discrete + CONTINUOUS
+        values = dask.compute(*uniques)
+        columns: list[Categorical | Mixture] = [
+            Categorical(c, sorted((_python(v) for v in vals), key=_sort_key))
+            for c, vals in zip(names, values)]
+    else:
+        frac = min(1.0, fit_rows / max(n, 1))
+        sample = ddf[CONTINUOUS].sample(frac=frac, random_state=seed) if frac < 1 else ddf[CONTINUOUS]
+        uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
+        nans = [ddf[c].isna().any() for c in CONTINUOUS]
+        values = dask.compute(*uniques, *nans, sample)
+        sample_df = values[-1]
+        columns = [Categorical(c, sorted((_python(v) for v in vals), key=_sort_key))
+                   for c, vals in zip(discrete, values)]
+        columns += [fit_mixture(c, sample_df[c].to_numpy(float), bool(has_nan), max_modes, seed)
+                    for c, has_nan in zip(CONTINUOUS, values[len(discrete):-1])]
+    return Encoder(mode, columns, next(iter(element_set)) if single and element_set else None, grid)
+
+
+def _element_set(p: pd.DataFrame) -> set[str]:
+    vals = p.to_numpy().ravel()
+    return {v for v in vals if isinstance(v, str)}
+
+
+def _sort_key(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, (int, float)) else (1, str(v))
+
+
+# ---------------------------------------------------------------------------
+# the stage: RUN/features.zarr
+# ---------------------------------------------------------------------------
+
+def _valid(p: pd.DataFrame) -> pd.DataFrame:
+    """Rows a model learns from: the valid crystals of a partition."""
+    return p[p["valid_xtal"].astype(bool)] if "valid_xtal" in p.columns else p
+
+
+def encode_stage(run: Run, mode: str, input: str = "augmented", chunk_rows: int = 16_384,
+                 max_modes: int = 10, fit_rows: int = 20_000, seed: int = 0) -> Encoder:
+    """Fit the encoder on table ``input`` and write its encoded valid rows to
+    ``RUN/features.zarr`` (rows chunked by ``chunk_rows``; the encoder, mode and
+    source table in the array's attributes)."""
+    import zarr
+
+    ddf = run.read(input).map_partitions(_valid)
+    enc = fit(ddf, mode, max_modes=max_modes, fit_rows=fit_rows, seed=seed)
+    parts = ddf.to_delayed()
+    lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
+    blocks = [da.from_delayed(dask.delayed(enc.transform)(p), (n, enc.width), np.float32)
+              for p, n in zip(parts, lengths) if n]
+    if not blocks:
+        raise ValueError(f"table {input!r} has no valid rows to encode")
+    x = da.concatenate(blocks).rechunk((chunk_rows, enc.width))
+    out = run.file(FEATURES)
+    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
+    da.to_zarr(x, str(tmp))
+    arr = zarr.open_array(str(tmp), mode="r+")
+    arr.attrs.update({"encoder": enc.to_dict(), "source": input})
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log.info("encoded %d rows of %s into %s (%s mode, %d features)", x.shape[0], input, out,
+             mode, enc.width)
+    return enc
+
+
+def open_features(run: Run) -> tuple[Any, Encoder]:
+    """The features array of a run and its encoder."""
+    import zarr
+
+    arr = zarr.open_array(str(run.file(FEATURES)), mode="r")
+    return arr, Encoder.from_dict(arr.attrs["encoder"])
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--mode", choices=MODES, default="cont",
+                        help="cont: one-hot + Bayesian GMM; dis: everything binned")
+    parser.add_argument("--input", default="augmented", help="training table")
+    parser.add_argument("--chunk-rows", type=int, default=16_384, help="rows per Zarr chunk")
+    parser.add_argument("--max-modes", type=int, default=10, help="mixture modes per column")
+    parser.add_argument("--fit-rows", type=int, default=20_000,
+                        help="rows sampled to fit the mixtures")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def command(args: argparse.Namespace) -> int:
+    enc = encode_stage(Run(args.run), args.mode, args.input, args.chunk_rows, args.max_modes,
+                       args.fit_rows, args.seed)
+    print(f"{args.run}/{FEATURES}: {enc.width} features ({args.mode})")
+    return 0
+

@@ -1,0 +1,249 @@
+"""Crystal identity: a fingerprint that one crystal has in every representation.
+
+A row of the structure table is one *representation* of a crystal: any subgroup
+setting, origin, orbit representative or cell choice of it.  Deduplication needs
+a name for the crystal itself.  It is built in two levels:
+
+* a **coarse key** (``fingerprint``) from invariants that are exact integers once
+  spglib has found the symmetry: the space group of the crystal (not of the
+  representation), the elements, orbit sizes and coordination numbers of the
+  primitive cell.  Wyckoff *letters* are left out on purpose: the affine
+  normaliser of a group can swap them (diamond is 8a or 8b of Fd-3m depending on
+  the origin), the orbit sizes cannot change.  Beside it, ``fp_vbin`` is the
+  volume per atom on a logarithmic grid; a lookup probes the neighbouring bins too,
+  so that a value on a bin edge still finds its twin.
+* a **fine comparison** of two candidates that share a key: the sorted multisets of
+  per-orbit environments (the first ``K_NEIGHBOURS`` neighbour distances of each
+  orbit) and the volumes agree within a tolerance, then, by default, pymatgen's
+  ``StructureMatcher`` confirms.  It is only ever called within a bucket.
+
+``fp_data`` (JSON) carries the standardised primitive cell and the environments,
+so that a later batch or another run can confirm against a structure it never saw.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from ase import Atoms
+from ase.data import covalent_radii
+
+from . import codec
+from . import schema as S
+
+SYMPREC = 0.05          # spglib tolerance (Å): relaxed geometries carry small noise
+K_NEIGHBOURS = 12       # neighbour distances per orbit in the environment multiset
+VBIN = 0.03             # width of a volume-per-atom bin, in log units (3 %)
+ENV_TOL = 0.1           # Å: environments of one crystal agree within this
+VOL_TOL = 0.05          # relative: volumes per atom of one crystal agree within this
+BOND_FACTOR = 1.2       # bonded: closer than 1.2 x the sum of covalent radii
+MATCHERS = ("pymatgen", "env")
+
+# Columns this module adds (schema.FINGERPRINT is the key itself).
+FP_VBIN = "fp_vbin"
+FP_SPG = "fp_spg"
+FP_NATOMS = "fp_natoms"
+FP_DATA = "fp_data"
+FP_ERROR = "fp_error"
+FP_DTYPES = {S.FINGERPRINT: "object", FP_VBIN: "int32", FP_SPG: "int16",
+             FP_NATOMS: "int32", FP_DATA: "object", FP_ERROR: "object"}
+
+
+class FingerprintError(ValueError):
+    """A structure that cannot be fingerprinted; the message says why."""
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The identity of one crystal: coarse key, volume bin and fine data."""
+
+    key: str
+    vbin: int
+    spg: int
+    natoms: int          # atoms in the primitive cell
+    data: str            # JSON: primitive cell, environments, volume per atom
+
+
+def fingerprint_atoms(atoms: Atoms, symprec: float = SYMPREC) -> Fingerprint:
+    """Fingerprint of a crystal given as ASE Atoms in any cell and setting."""
+    import spglib
+
+    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
+    prim = spglib.standardize_cell(cell, to_primitive=True, no_idealize=False,
+                                   symprec=symprec)
+    if prim is None:
+        raise FingerprintError(f"spglib found no symmetry at symprec {symprec}")
+    lattice, frac, numbers = (np.asarray(x) for x in prim)
+    dataset = spglib.get_symmetry_dataset((lattice, frac, numbers), symprec=symprec)
+    if dataset is None:
+        raise FingerprintError(f"spglib found no space group at symprec {symprec}")
+    reps, sizes = np.unique(dataset.equivalent_atoms, return_counts=True)
+    vpa = abs(float(np.linalg.det(lattice))) / len(numbers)
+    env, cn = _environments(lattice, frac, numbers, reps, vpa)
+    orbits = sorted((int(numbers[r]), int(n), int(c)) for r, n, c in zip(reps, sizes, cn))
+    key_text = f"{dataset.number}|{orbits}"
+    key = hashlib.blake2b(key_text.encode(), digest_size=8).hexdigest()
+    env_rows = sorted([float(numbers[r]), float(n), *d] for r, n, d in zip(reps, sizes, env))
+    data = json.dumps({"lattice": np.round(lattice, 6).tolist(),
+                       "frac": np.round(frac, 6).tolist(), "numbers": numbers.tolist(),
+                       "env": np.round(env_rows, 4).tolist(), "vpa": round(vpa, 5)})
+    return Fingerprint(key, int(round(math.log(vpa) / VBIN)), int(dataset.number),
+                       len(numbers), data)
+
+
+def _environments(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
+                  reps: np.ndarray, vpa: float) -> tuple[np.ndarray, np.ndarray]:
+    """First ``K_NEIGHBOURS`` neighbour distances and the coordination number of
+    each orbit representative (the cutoff grows until every one has K neighbours)."""
+    from ase.neighborlist import primitive_neighbor_list
+
+    cart = frac @ lattice
+    cutoff = max(3.0, 2.5 * vpa ** (1 / 3))
+    for _ in range(4):
+        i, j, d = primitive_neighbor_list("ijd", [True] * 3, lattice, cart, cutoff,
+                                          self_interaction=False)
+        counts = np.bincount(i, minlength=len(numbers))
+        if np.all(counts[reps] >= K_NEIGHBOURS):
+            break
+        cutoff *= 1.5
+    env = np.full((len(reps), K_NEIGHBOURS), cutoff)
+    cn = np.zeros(len(reps), int)
+    bond = BOND_FACTOR * (covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
+    for k, r in enumerate(reps):
+        mine = i == r
+        dist = np.sort(d[mine])[:K_NEIGHBOURS]
+        env[k, :len(dist)] = dist
+        cn[k] = int(np.count_nonzero(d[mine] < bond[mine]))
+    return env, cn
+
+
+# ---------------------------------------------------------------------------
+# the fine comparison
+# ---------------------------------------------------------------------------
+
+def same_structure(a: str, b: str, matcher: str = "pymatgen", env_tol: float = ENV_TOL,
+                   vol_tol: float = VOL_TOL) -> bool:
+    """Whether two ``fp_data`` of one bucket are the same crystal: environments and
+    volume within tolerance, then (``matcher='pymatgen'``) StructureMatcher."""
+    if matcher not in MATCHERS:
+        raise ValueError(f"matcher must be one of {MATCHERS}, not {matcher!r}")
+    da, db = _parsed(a), _parsed(b)
+    ea, eb = da["env"], db["env"]
+    if ea.shape != eb.shape or np.any(ea[:, :2] != eb[:, :2]):
+        return False
+    if np.max(np.abs(ea[:, 2:] - eb[:, 2:])) > env_tol:
+        return False
+    if abs(da["vpa"] - db["vpa"]) > vol_tol * max(da["vpa"], db["vpa"]):
+        return False
+    if matcher == "env":
+        return True
+    return bool(_structure_matcher().fit(_pymatgen_structure(a), _pymatgen_structure(b)))
+
+
+@functools.lru_cache(maxsize=8192)
+def _parsed(data: str) -> dict[str, Any]:
+    d = json.loads(data)
+    d["env"] = np.asarray(d["env"], float)
+    return d
+
+
+@functools.lru_cache(maxsize=4096)
+def _pymatgen_structure(data: str) -> Any:
+    from pymatgen.core import Lattice, Structure
+
+    d = _parsed(data)
+    return Structure(Lattice(d["lattice"]), d["numbers"], d["frac"])
+
+
+@functools.lru_cache(maxsize=1)
+def _structure_matcher() -> Any:
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    return StructureMatcher()
+
+
+def data_to_atoms(data: str) -> Atoms:
+    """The standardised primitive cell stored in ``fp_data``."""
+    d = _parsed(data)
+    return Atoms(numbers=d["numbers"], scaled_positions=d["frac"], cell=d["lattice"], pbc=True)
+
+
+# ---------------------------------------------------------------------------
+# rows -> crystals -> fingerprints
+# ---------------------------------------------------------------------------
+
+def geometry_to_atoms(value: Any) -> Atoms:
+    """A stored geometry (``relaxed_<model>``) as Atoms: a JSON table row, a JSON
+    object with ``numbers``/``cell`` and ``positions`` or ``scaled_positions``, or
+    extended XYZ text."""
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value.lstrip().startswith("{"):
+        value = json.loads(value)
+    if isinstance(value, Mapping):
+        if "cell" in value and "numbers" in value:
+            pos = ({"scaled_positions": value["scaled_positions"]}
+                   if "scaled_positions" in value else {"positions": value["positions"]})
+            return Atoms(numbers=value["numbers"], cell=value["cell"], pbc=True, **pos)
+        return codec.row_to_atoms(value)
+    if isinstance(value, str):
+        from ase.io import read
+
+        return read(io.StringIO(value), format="extxyz")
+    raise FingerprintError(f"cannot read a geometry from {type(value).__name__}")
+
+
+def row_atoms(row: Mapping[str, Any], geometry: str | None = None) -> Atoms:
+    """The crystal of a row: its ``relaxed_<geometry>`` column when given and
+    filled, else the row's own tabular form."""
+    if geometry:
+        value = row.get(f"relaxed_{geometry}")
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            return geometry_to_atoms(value)
+    return codec.row_to_atoms(row)
+
+
+def fingerprint_frame(df: pd.DataFrame, geometry: str | None = None,
+                      symprec: float = SYMPREC,
+                      require: Iterable[str] = ("valid_xtal", "valid_env")) -> pd.DataFrame:
+    """The fingerprint kernel: ``df`` with the ``FP_DTYPES`` columns added.
+
+    Rows for which a ``require`` column (those present) is not True are skipped
+    (null fingerprint, the reason in ``fp_error``); a row that cannot be read or
+    standardised gets its reason too.  No row is dropped.
+    """
+    need = [c for c in require if c in df.columns]
+    out = {c: [] for c in FP_DTYPES}
+    for rec in df.to_dict("records"):
+        fp, error = None, None
+        failed = [c for c in need if not _true(rec.get(c))]
+        if failed:
+            error = f"skipped: {failed[0]} is not True"
+        else:
+            try:
+                fp = fingerprint_atoms(row_atoms(rec, geometry), symprec)
+            except Exception as exc:  # any failure is recorded on the row
+                error = f"{type(exc).__name__}: {exc}"
+        out[S.FINGERPRINT].append(fp.key if fp else None)
+        out[FP_VBIN].append(fp.vbin if fp else -1)
+        out[FP_SPG].append(fp.spg if fp else -1)
+        out[FP_NATOMS].append(fp.natoms if fp else 0)
+        out[FP_DATA].append(fp.data if fp else None)
+        out[FP_ERROR].append(error)
+    res = df.drop(columns=[c for c in FP_DTYPES if c in df.columns])
+    for col, dtype in FP_DTYPES.items():
+        res[col] = pd.Series(out[col], index=df.index, dtype=dtype)
+    return res
+
+
+def _true(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(v)

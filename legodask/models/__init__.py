@@ -1,0 +1,216 @@
+"""Tabular generative models (CTGAN-style GAN, TVAE-style VAE) and their training loop.
+
+A model sees only the encoder's layout (``encode.Span`` blocks: tanh scalars and
+one-hot blocks) and a stream of feature chunks, so it trains from a Zarr array of any
+size holding one chunk in memory at a time.  ``fit`` runs the epochs, logs the losses
+(``losses.json``, ``losses.png``), keeps the best epoch (``best.pt``) and a resumable
+checkpoint (``last.pt``); ``load`` gives back a model and its encoder for sampling.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..encode import Encoder, Span
+
+log = logging.getLogger("legodask")
+
+KINDS = ("gan", "vae")
+CONFIG, BEST, LAST, LOSSES, PLOT = "config.json", "best.pt", "last.pt", "losses.json", "losses.png"
+
+
+def default_device() -> torch.device:
+    """CUDA when this process sees a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ChunkStream:
+    """Feature rows from an array-like (Zarr or NumPy), one chunk of rows at a time,
+    chunks in random order each epoch."""
+
+    def __init__(self, array: Any, chunk_rows: int | None = None):
+        self.array = array
+        self.n = int(array.shape[0])
+        chunks = getattr(array, "chunks", None)
+        self.chunk_rows = int(chunk_rows or (chunks[0] if chunks else self.n))
+
+    def bounds(self) -> list[tuple[int, int]]:
+        return [(s, min(s + self.chunk_rows, self.n)) for s in range(0, self.n, self.chunk_rows)]
+
+    def epoch(self, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        b = self.bounds()
+        for i in rng.permutation(len(b)):
+            s, e = b[i]
+            yield np.asarray(self.array[s:e], dtype=np.float32)
+
+    def column_counts(self, span: Span) -> np.ndarray:
+        """How many rows have each category of a one-hot span (one pass over chunks)."""
+        counts = np.zeros(span.dim)
+        for s, e in self.bounds():
+            block = np.asarray(self.array[s:e, span.offset:span.offset + span.dim])
+            counts += np.bincount(block.argmax(1), minlength=span.dim)
+        return counts
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False,
+                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel-softmax whose noise can come from a seeded ``generator``."""
+    u = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
+    g = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    y = F.softmax((logits + g) / tau, dim=-1)
+    if not hard:
+        return y
+    index = y.argmax(-1, keepdim=True)
+    return torch.zeros_like(y).scatter_(-1, index, 1.0) - y.detach() + y
+
+
+def activate(raw: torch.Tensor, spans: Sequence[Span], tau: float = 0.2,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Generator output -> features: tanh for scalars, Gumbel-softmax for one-hots."""
+    parts = []
+    for s in spans:
+        block = raw[:, s.offset:s.offset + s.dim]
+        parts.append(torch.tanh(block) if s.kind == "scalar"
+                     else gumbel_softmax(block, tau, generator=generator))
+    return torch.cat(parts, dim=1)
+
+
+class TabularModel(ABC):
+    """What the training loop and the sampler need of a model."""
+
+    kind: str
+    score: str  # the loss whose lowest value picks the best epoch
+
+    def __init__(self, spans: Sequence[Span], width: int, device: torch.device | None = None,
+                 **hparams: Any):
+        self.spans = list(spans)
+        self.width = width
+        self.device = device or default_device()
+        self.hparams = hparams
+
+    @abstractmethod
+    def prepare(self, stream: ChunkStream) -> None:
+        """Look at the data once before the first epoch (category frequencies)."""
+
+    @abstractmethod
+    def train_epoch(self, stream: ChunkStream, rng: np.random.Generator) -> dict[str, float]:
+        """One pass over the data; mean losses."""
+
+    @abstractmethod
+    def sample(self, n: int, generator: torch.Generator,
+               condition: dict[int, float] | None = None) -> np.ndarray:
+        """``n`` feature rows; ``condition`` maps categories of the conditional column
+        to weights (GAN only; other models ignore it)."""
+
+    @abstractmethod
+    def state_dict(self, optimizer: bool = True) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": self.kind, "hparams": self.hparams}
+
+
+def build(kind: str, encoder: Encoder, device: torch.device | None = None,
+          **hparams: Any) -> TabularModel:
+    """A new model of ``kind`` for an encoder's layout."""
+    if kind == "gan":
+        from .gan import GAN
+
+        return GAN(encoder.spans, encoder.width, device,
+                   cond=encoder.span("spg"), **hparams)
+    if kind == "vae":
+        from .vae import VAE
+
+        return VAE(encoder.spans, encoder.width, device, **hparams)
+    raise ValueError(f"model kind must be one of {KINDS}, not {kind!r}")
+
+
+def _save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(obj: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int, out: Path,
+        resume: bool = True, seed: int = 0) -> list[dict[str, float]]:
+    """Train ``model`` for ``epochs`` epochs in all, saving into ``out``; with ``resume``
+    an existing checkpoint there is continued.  Returns the loss history."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json({**model.config(), "encoder": encoder.to_dict()}, out / CONFIG)
+    history: list[dict[str, float]] = []
+    if resume and (out / LAST).exists():
+        ckpt = torch.load(out / LAST, map_location=model.device, weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        history = ckpt["history"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = ckpt["numpy_rng"]
+        log.info("resuming %s at epoch %d", out, len(history))
+    else:
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        model.prepare(stream)
+    best = min((h[model.score] for h in history), default=np.inf)
+    for epoch in range(len(history), epochs):
+        losses = model.train_epoch(stream, rng)
+        losses["epoch"] = epoch
+        history.append(losses)
+        if losses[model.score] < best:
+            best = losses[model.score]
+            _save({"model": model.state_dict(optimizer=False), "epoch": epoch}, out / BEST)
+        _save({"model": model.state_dict(), "history": history, "torch_rng": torch.get_rng_state(),
+               "numpy_rng": rng.bit_generator.state}, out / LAST)
+        _write_json(history, out / LOSSES)
+        log.debug("epoch %d: %s", epoch, losses)
+    plot_losses(history, out / PLOT, model.kind)
+    return history
+
+
+def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None:
+    """Loss curves per epoch as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = [k for k in (history[0] if history else {}) if k != "epoch"]
+    for k in keys:
+        ax.plot([h["epoch"] for h in history], [h[k] for h in history], label=k)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    if keys:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load(model_dir: Path, device: torch.device | None = None) -> tuple[TabularModel, Encoder]:
+    """The best epoch of a trained model and its encoder."""
+    cfg = json.loads((model_dir / CONFIG).read_text())
+    encoder = Encoder.from_dict(cfg["encoder"])
+    model = build(cfg["kind"], encoder, device, **cfg["hparams"])
+    state = torch.load(model_dir / BEST, map_location=model.device, weights_only=False)
+    model.load_state_dict(state["model"])
+    return model, encoder

@@ -1,0 +1,19 @@
+"""Shared fixtures: the SACADA training data (read from ../shared/data, never downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def sacada_db() -> Path:
+    """Path of sp2_sacada.db: $LEGODASK_SACADA_DB, else ../shared/data beside the repo."""
+    path = Path(os.environ.get("LEGODASK_SACADA_DB", ROOT.parent / "shared/data/sp2_sacada.db"))
+    if not path.exists():
+        pytest.skip(f"training data not found at {path}")
+    return path

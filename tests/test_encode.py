@@ -1,0 +1,125 @@
+"""Encoders: the training table round-trips through the features, in both modes.
+
+``training_table`` (imported by the other model tests) stands in for the augmented
+table: ingested SACADA structures, each with a few orbit-representative rows.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from legodask import codec
+from legodask import encode as E
+from legodask import schema as S
+from legodask.store import Run
+
+
+@functools.lru_cache(maxsize=None)
+def training_table(db_path: Path, n_structures: int = 12, max_atoms: int = 24,
+                   reps: int = 3) -> pd.DataFrame:
+    """Small structures of the db as rows, each with up to ``reps`` orbit representatives."""
+    from ase.db import connect
+
+    rows, n = [], 0
+    for r in connect(str(db_path)).select():
+        if r.natoms > max_atoms:
+            continue
+        row = codec.atoms_to_row(r.toatoms(), id=f"sacada-{r.id}", source="sacada")
+        if not row["valid_xtal"]:
+            continue
+        xtal = codec.row_to_pyxtal(row)
+        mult = min(s.wp.multiplicity for s in xtal.atom_sites)
+        for j in range(min(reps, mult)):
+            rows.append(codec.pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites),
+                                            id=f"sacada-{r.id}-{j}", source="sacada"))
+        n += 1
+        if n >= n_structures:
+            break
+    return S.conform(pd.DataFrame(rows))
+
+
+@pytest.fixture(scope="module")
+def table(sacada_db: Path) -> pd.DataFrame:
+    return training_table(sacada_db)
+
+
+def _assert_same(a: pd.DataFrame, b: pd.DataFrame, atol: float) -> None:
+    for c in ["spg", *S.WP]:
+        np.testing.assert_array_equal(a[c].to_numpy(), b[c].to_numpy(), err_msg=c)
+    for c in S.EL:
+        assert a[c].tolist() == b[c].tolist(), c
+    for c in E.CONTINUOUS:
+        np.testing.assert_allclose(a[c].to_numpy(float), b[c].to_numpy(float), atol=atol,
+                                   rtol=0, equal_nan=True, err_msg=c)
+
+
+def test_cont_round_trip_within_1e6(table: pd.DataFrame) -> None:
+    enc = E.fit(table, "cont")
+    x = enc.transform(table, dtype=np.float64)
+    assert x.shape == (len(table), enc.width)
+    scalars = x[:, [s.offset for s in enc.spans if s.kind == "scalar"]]
+    assert np.all(np.abs(scalars) <= 1)
+    onehots = [s for s in enc.spans if s.kind == "onehot"]
+    assert all(np.all(x[:, s.offset:s.offset + s.dim].sum(1) == 1) for s in onehots)
+    back = enc.inverse_transform(x)
+    _assert_same(table, back, atol=1e-6)
+    # unused sites' coordinates have their own (NaN) mode, and come back as NaN
+    assert back["x7"].isna().all() and back["wp7"].eq(-1).all()
+    assert back["el0"].eq("C").all()
+
+
+def test_dis_round_trip_exact_on_grid(table: pd.DataFrame) -> None:
+    grid = codec.Grid()
+    on_grid = S.conform(grid.from_bins(grid.to_bins(table)))
+    enc = E.fit(on_grid, "dis", grid=grid)
+    back = enc.inverse_transform(enc.transform(on_grid))
+    _assert_same(on_grid, back, atol=0)
+    assert all(s.kind == "onehot" for s in enc.spans)
+
+
+def test_encoder_saves_and_loads(table: pd.DataFrame, tmp_path: Path) -> None:
+    enc = E.fit(table, "cont")
+    enc.save(tmp_path / "encoder.json")
+    again = E.Encoder.load(tmp_path / "encoder.json")
+    np.testing.assert_array_equal(enc.transform(table), again.transform(table))
+
+
+def test_multi_element_columns_are_one_hot(table: pd.DataFrame) -> None:
+    mixed = table.copy()
+    mixed.loc[mixed.index[::2], "el0"] = "Si"
+    enc = E.fit(mixed, "cont")
+    assert enc.element is None and "el0" in [s.column for s in enc.spans]
+    back = enc.inverse_transform(enc.transform(mixed))
+    assert back["el0"].tolist() == mixed["el0"].tolist()
+    assert back["el7"].isna().all()
+
+
+def test_inverse_transform_of_a_million_rows_is_fast(table: pd.DataFrame) -> None:
+    import time
+
+    enc = E.fit(table, "cont")
+    x = np.tile(enc.transform(table), (200_000 // len(table) + 1, 1))[:200_000]
+    t = time.perf_counter()
+    back = enc.inverse_transform(x)
+    # a million rows would take five times this: seconds, not minutes
+    assert time.perf_counter() - t < 6
+    assert len(back) == 200_000
+
+
+def test_encode_stage_writes_chunked_zarr(table: pd.DataFrame, tmp_path: Path) -> None:
+    run = Run(tmp_path / "run")
+    bad = table.iloc[:2].assign(valid_xtal=False, id=["bad-0", "bad-1"])
+    run.write_frame_table("augmented", pd.concat([table, bad], ignore_index=True),
+                          meta=S.empty_frame(), rows_per_part=7)
+    enc = E.encode_stage(run, "cont", chunk_rows=8)
+    arr, enc2 = E.open_features(run)
+    assert arr.shape == (len(table), enc.width)
+    assert arr.chunks == (8, enc.width)
+    assert enc2.to_dict() == enc.to_dict()
+    back = enc2.inverse_transform(arr[:])
+    _assert_same(table.reset_index(drop=True), back, atol=1e-5)
