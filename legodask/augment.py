@@ -45,6 +45,8 @@ from .store import Run, StageResult
 log = logging.getLogger("legodask")
 
 PATH = "subgroup_path"
+ERRORS = "augment_errors"   # subgroup tries of the structure that raised, and why
+EXTRA = {PATH: "object", ERRORS: "object"}
 SOURCE_TABLE = "ingested"
 TABLE = "augmented"
 
@@ -251,10 +253,10 @@ def orbit_choices(dec: codec.Decoded, n_max: int, rng: np.random.Generator
     if total <= n_max:
         yield from itertools.product(*map(range, sizes))
         return
-    picks = rng.choice(total - 1, size=n_max - 1, replace=False) + 1 if n_max > 1 else []
     yield (0,) * n
-    for flat in [0, *np.sort(picks)][1:]:
-        yield tuple(int(i) for i in np.unravel_index(int(flat), sizes))
+    if n_max > 1:
+        for flat in np.sort(rng.choice(total - 1, size=n_max - 1, replace=False) + 1):
+            yield tuple(int(i) for i in np.unravel_index(int(flat), sizes))
 
 
 def make_checker(p: Params) -> Callable[[codec.Decoded], str | None]:
@@ -304,11 +306,13 @@ def _subgroup(base: Rep, gtype: str, p: Params, rng: np.random.Generator
 
 def representations(parent: codec.Decoded, p: Params, search: np.random.Generator,
                     noise: np.random.Generator, check: Callable[[codec.Decoded], str | None],
-                    emit: Callable[[Rep, int], int]) -> None:
+                    emit: Callable[[Rep, int], int]) -> list[str]:
     """Emit the parent's representation (up to ``max_per_parent`` rows), then each
     accepted subgroup representation (up to ``max_per_subgroup``), until the
     structure has ``max_per_structure`` rows; ``emit(rep, n_max)`` writes a
-    representation's rows and returns how many."""
+    representation's rows and returns how many.  Returns the errors of the
+    subgroup tries that raised."""
+    errors: list[str] = []
     first = Rep(distort(parent, p.eps, noise), str(parent.spg))
     reason = limit_reason(parent, p) or check(first.dec)
     if reason:
@@ -318,7 +322,7 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
     for gtype in ("t", "k"):
         for _ in range(p.tries):
             if n_rows >= p.max_per_structure:
-                return
+                return errors
             bases = [r for r in kept if r.path.count(">") < p.depth]
             base = bases[int(search.integers(len(bases)))] if len(bases) > 1 else bases[0]
             try:
@@ -326,7 +330,7 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
             except AugmentTimeout:
                 raise
             except Exception as exc:  # pyxtal raises on some splits: a failed try
-                log.debug("subgroup try from %s failed: %s", base.path, exc)
+                errors.append(f"{gtype} from {base.path}: {type(exc).__name__}: {exc}")
                 continue
             if found is None:
                 continue
@@ -345,6 +349,7 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
                 continue
             kept.append(rep)
             n_rows += emit(rep, p.max_per_subgroup)
+    return errors
 
 
 def augment_structure(row: Mapping[str, Any], p: Params,
@@ -363,8 +368,12 @@ def augment_structure(row: Mapping[str, Any], p: Params,
                                            **extra, **{PATH: rep.path}))
         return len(out) - n0
 
-    representations(codec.decode_row(row), p, task_rng(p.seed, pid, SEARCH),
-                    task_rng(p.seed, pid, DISTORT), check, emit)
+    errors = representations(codec.decode_row(row), p, task_rng(p.seed, pid, SEARCH),
+                             task_rng(p.seed, pid, DISTORT), check, emit)
+    if errors:
+        note = f"{len(errors)} subgroup tries raised; first: {errors[0]}"
+        for rec in out:
+            rec[ERRORS] = note
     return out
 
 
@@ -374,7 +383,7 @@ def failure_row(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
     rec = {c: row.get(c) for c in S.COLUMNS if c in row}
     pid = str(row["id"])
     rec.update(id=f"{pid}-failed", parent_id=pid, valid_xtal=False,
-               error=f"augment: {reason}", **{PATH: None})
+               error=f"augment: {reason}", **{PATH: None, ERRORS: None})
     return rec
 
 
@@ -383,8 +392,9 @@ def failure_row(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------
 
 def meta() -> pd.DataFrame:
-    """The augmented table's columns: the structure table plus ``subgroup_path``."""
-    return S.empty_frame({PATH: "object"})
+    """The augmented table's columns: the structure table, ``subgroup_path`` (e.g.
+    ``"227>166"``) and ``augment_errors``."""
+    return S.empty_frame(EXTRA)
 
 
 def training_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -411,7 +421,7 @@ def augment_frame(df: pd.DataFrame, p: Params) -> pd.DataFrame:
                   time.perf_counter() - start)
         out.extend(rows)
     frame = pd.DataFrame.from_records(out) if out else meta()
-    return S.conform(frame, {PATH: "object"})[list(meta().columns)]
+    return S.conform(frame, EXTRA)[list(meta().columns)]
 
 
 def _slice_frame(df: pd.DataFrame, start: int, stop: int, p: Params) -> pd.DataFrame:
@@ -426,10 +436,8 @@ def augment(run: Run, p: Params, per_task: int = 1) -> StageResult:
 
     parts = run.read(SOURCE_TABLE).to_delayed()
     sizes = compute([dask.delayed(len)(part) for part in parts], desc="sizes")
-    tasks = [dask.delayed(_slice_frame)(part, i, i + per_task, p,
-                                        dask_key_name=f"augment-{k}-{i}-{p.seed}")
-             for k, (part, n) in enumerate(zip(parts, sizes))
-             for i in range(0, n, per_task)]
+    tasks = [dask.delayed(_slice_frame)(part, i, i + per_task, p)
+             for part, n in zip(parts, sizes) for i in range(0, n, per_task)]
     return run.write(TABLE, tasks, meta(), desc="augment", source=SOURCE_TABLE,
                      params=dataclasses.asdict(p))
 

@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "rank": ("legodask.rank", "relax and rank energies with force fields", True),
     "dedup": ("legodask.dedup", "fingerprint and deduplicate incrementally", True),
     "metrics": ("legodask.metrics", "the paper's counts for a run", False),
-    "run": ("legodask.pipeline", "run a TOML pipeline end to end", True),
+    "run": ("legodask.pipeline", "run a TOML pipeline end to end", False),
     "report": ("legodask.report", "write RUN/report.html", False),
     "query": ("legodask.query", "run SQL (DuckDB) over a run's tables", False),
     "export": ("legodask.export", "write structures as CIF / extxyz / ASE db", False),
@@ -39,8 +39,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster")
     g.add_argument("--scheduler", help="address of a running dask scheduler "
-                   "(default: start a LocalCluster)")
-    g.add_argument("--workers", type=int, default=None, help="LocalCluster worker processes")
+                   "(tcp://host:8786), or 'slurm' for dask-jobqueue's SLURMCluster "
+                   "configured in ~/.config/dask/jobqueue.yaml (default: a LocalCluster)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster worker processes (SLURM: batch jobs)")
     g.add_argument("--threads", type=int, default=1, help="threads per worker")
     g.add_argument("--memory-limit", default="auto", help="memory per worker, e.g. 2GB")
     g.add_argument("--gpus", type=int, default=0,

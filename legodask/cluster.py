@@ -26,15 +26,38 @@ def _default_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
+def slurm_cluster(jobs: int = 1, gpus: int = 0, **options: Any) -> Any:
+    """A dask-jobqueue ``SLURMCluster`` scaled to ``jobs`` batch jobs.
+
+    ``options`` are SLURMCluster's (cores, memory, processes, walltime, queue,
+    account, job_extra_directives, python, ...); what is not given comes from
+    dask's ``jobqueue.slurm`` configuration (``~/.config/dask/jobqueue.yaml``).
+    With ``gpus`` the workers advertise a ``GPU`` resource and ask SLURM for them.
+    """
+    from dask_jobqueue import SLURMCluster
+
+    if gpus:
+        options.setdefault("job_extra_directives", []).append(f"--gres=gpu:{gpus}")
+        options.setdefault("worker_extra_args", []).extend(["--resources", f"GPU={gpus}"])
+    cluster = SLURMCluster(**options)
+    cluster.scale(jobs=jobs)
+    return cluster
+
+
 @contextlib.contextmanager
 def connect(scheduler: str | None = None, n_workers: int | None = None,
             threads_per_worker: int = 1, memory_limit: str = "auto",
-            gpus: int = 0, quiet: bool = False) -> Iterator[Any]:
-    """Yield a ``distributed.Client``: to ``scheduler`` when given, else to a new
-    LocalCluster of ``n_workers`` processes (one per core up to 4 by default)."""
+            gpus: int = 0, quiet: bool = False,
+            slurm: dict[str, Any] | None = None) -> Iterator[Any]:
+    """Yield a ``distributed.Client``: to the scheduler at address ``scheduler``;
+    to a SLURM cluster of ``n_workers`` jobs when ``scheduler == "slurm"``; else to
+    a new LocalCluster of ``n_workers`` processes (one per core up to 4 by default)."""
     from distributed import Client, LocalCluster
 
-    if scheduler:
+    if scheduler == "slurm":
+        cluster = slurm_cluster(n_workers or 1, gpus, **(slurm or {}))
+        client = Client(cluster)
+    elif scheduler:
         client = Client(scheduler)
         cluster = None
     else:

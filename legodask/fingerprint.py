@@ -103,27 +103,31 @@ def fingerprint_atoms(atoms: Atoms, symprec: float = SYMPREC) -> Fingerprint:
 def _environments(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
                   reps: np.ndarray, vpa: float) -> tuple[np.ndarray, np.ndarray]:
     """First ``K_NEIGHBOURS`` neighbour distances and the coordination number of
-    each orbit representative (the cutoff grows until every one has K neighbours)."""
-    from ase.neighborlist import primitive_neighbor_list
+    each orbit representative, by brute force over the periodic images of a
+    Minkowski-reduced cell (the cutoff grows until every one has K neighbours)."""
+    from ase.geometry import minkowski_reduce
 
+    reduced, _ = minkowski_reduce(lattice)
     cart = frac @ lattice
+    wrapped = (cart @ np.linalg.inv(reduced)) % 1.0 @ reduced
+    heights = abs(np.linalg.det(reduced)) / np.linalg.norm(
+        np.cross(reduced[[1, 2, 0]], reduced[[2, 0, 1]]), axis=1)
+    bond = BOND_FACTOR * (covalent_radii[numbers[reps]][:, None] + covalent_radii[numbers][None, :])
     cutoff = max(3.0, 2.5 * vpa ** (1 / 3))
-    for _ in range(4):
-        i, j, d = primitive_neighbor_list("ijd", [True] * 3, lattice, cart, cutoff,
-                                          self_interaction=False)
-        counts = np.bincount(i, minlength=len(numbers))
-        if np.all(counts[reps] >= K_NEIGHBOURS):
+    while True:
+        n = np.ceil(cutoff / heights).astype(int)
+        shifts = np.stack(np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij"),
+                          -1).reshape(-1, 3) @ reduced
+        # (reps, atoms, images) distances
+        vec = wrapped[None, :, None, :] + shifts[None, None] - wrapped[reps][:, None, None, :]
+        dist = np.linalg.norm(vec, axis=-1)
+        dist[dist < 1e-8] = np.inf                        # the atom itself
+        flat = np.sort(dist.reshape(len(reps), -1), axis=1)[:, :K_NEIGHBOURS]
+        if flat.shape[1] == K_NEIGHBOURS and np.all(flat[:, -1] <= cutoff):
             break
         cutoff *= 1.5
-    env = np.full((len(reps), K_NEIGHBOURS), cutoff)
-    cn = np.zeros(len(reps), int)
-    bond = BOND_FACTOR * (covalent_radii[numbers[i]] + covalent_radii[numbers[j]])
-    for k, r in enumerate(reps):
-        mine = i == r
-        dist = np.sort(d[mine])[:K_NEIGHBOURS]
-        env[k, :len(dist)] = dist
-        cn[k] = int(np.count_nonzero(d[mine] < bond[mine]))
-    return env, cn
+    cn = np.count_nonzero(dist < bond[:, :, None], axis=(1, 2))
+    return flat, cn
 
 
 # ---------------------------------------------------------------------------
@@ -137,16 +141,30 @@ def same_structure(a: str, b: str, matcher: str = "pymatgen", env_tol: float = E
     if matcher not in MATCHERS:
         raise ValueError(f"matcher must be one of {MATCHERS}, not {matcher!r}")
     da, db = _parsed(a), _parsed(b)
-    ea, eb = da["env"], db["env"]
-    if ea.shape != eb.shape or np.any(ea[:, :2] != eb[:, :2]):
-        return False
-    if np.max(np.abs(ea[:, 2:] - eb[:, 2:])) > env_tol:
-        return False
     if abs(da["vpa"] - db["vpa"]) > vol_tol * max(da["vpa"], db["vpa"]):
+        return False
+    if not _environments_match(da["env"], db["env"], env_tol):
         return False
     if matcher == "env":
         return True
     return bool(_structure_matcher().fit(_pymatgen_structure(a), _pymatgen_structure(b)))
+
+
+def _environments_match(ea: np.ndarray, eb: np.ndarray, tol: float) -> bool:
+    """Whether the orbits of two environment multisets pair up one to one, each
+    pair with the same element and orbit size and distances within ``tol``
+    (a perfect bipartite matching, so that the order of near-ties does not matter)."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import maximum_bipartite_matching
+
+    if ea.shape != eb.shape:
+        return False
+    ok = (np.all(ea[:, None, :2] == eb[None, :, :2], axis=-1)
+          & (np.max(np.abs(ea[:, None, 2:] - eb[None, :, 2:]), axis=-1) <= tol))
+    if not ok.any(axis=1).all() or not ok.any(axis=0).all():
+        return False
+    match = maximum_bipartite_matching(csr_matrix(ok), perm_type="column")
+    return bool(np.all(match >= 0))
 
 
 @functools.lru_cache(maxsize=8192)

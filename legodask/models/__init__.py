@@ -109,9 +109,9 @@ class TabularModel(ABC):
 
     @abstractmethod
     def sample(self, n: int, generator: torch.Generator,
-               condition: dict[int, float] | None = None) -> np.ndarray:
-        """``n`` feature rows; ``condition`` maps categories of the conditional column
-        to weights (GAN only; other models ignore it)."""
+               condition: Sequence[int] | None = None) -> np.ndarray:
+        """``n`` feature rows; ``condition``: categories (indices) of the conditional
+        column to draw from (models without one ignore it; the sampler filters)."""
 
     @abstractmethod
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]: ...
@@ -153,11 +153,16 @@ def _write_json(obj: Any, path: Path) -> None:
 def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int, out: Path,
         resume: bool = True, seed: int = 0) -> list[dict[str, float]]:
     """Train ``model`` for ``epochs`` epochs in all, saving into ``out``; with ``resume``
-    an existing checkpoint there is continued.  Returns the loss history."""
+    a checkpoint there of the same configuration (model and encoder) is continued.
+    Returns the loss history."""
     out.mkdir(parents=True, exist_ok=True)
-    _write_json({**model.config(), "encoder": encoder.to_dict()}, out / CONFIG)
+    config = json.loads(json.dumps({**model.config(), "encoder": encoder.to_dict()}))
+    same = (out / CONFIG).exists() and json.loads((out / CONFIG).read_text()) == config
+    if resume and (out / LAST).exists() and not same:
+        log.warning("%s holds a model of another configuration: training anew", out)
+    _write_json(config, out / CONFIG)
     history: list[dict[str, float]] = []
-    if resume and (out / LAST).exists():
+    if resume and same and (out / LAST).exists():
         ckpt = torch.load(out / LAST, map_location=model.device, weights_only=False)
         model.load_state_dict(ckpt["model"])
         history = ckpt["history"]

@@ -1,0 +1,248 @@
+"""Incremental deduplication: each batch is joined against every crystal seen so far.
+
+The seen set is a Parquet table (``RUN/fingerprints.parquet``), one part per
+partition of the input, holding for every input row its fingerprint and
+
+* ``is_new``: the row is the first occurrence of its crystal among everything
+  seen (the ``--against`` tables, then this run's earlier partitions and rows);
+* ``first_id``: the id of that first occurrence (the row's own id when new);
+* ``fp_data``: kept only on the first row of each crystal *in this run*, so the
+  rows with ``fp_data`` are the run's unique crystals and the seen set of the next
+  batch.
+
+A batch is processed by a DuckDB join over the Parquet files: the inner join on
+the coarse key (and neighbouring volume bins) gives the few candidates that the
+fine comparison confirms; rows with no candidate (the anti-join) are new without
+any comparison.  Memory is bounded by a batch and its candidates, not by the
+table; a rerun skips the parts already written, and a later run (or more input
+partitions) adds to the table.  Fingerprinting, the costly part, runs in parallel
+on the cluster, a window of partitions at a time; the joins run in order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import pandas as pd
+
+from . import fingerprint as F
+from . import schema as S
+from .cluster import compute
+from .store import Run, StageResult, arrow_schema, write_frame
+
+log = logging.getLogger("legodask")
+
+TABLE = "fingerprints"
+IS_NEW = "is_new"
+FIRST_ID = "first_id"
+DTYPES = {"id": "object", **F.FP_DTYPES, IS_NEW: "bool", FIRST_ID: "object"}
+DEFAULT_REQUIRE = ("valid_xtal", "valid_env")
+
+
+def empty() -> pd.DataFrame:
+    """The ``meta`` of a fingerprints table."""
+    return pd.DataFrame({c: pd.Series(dtype=t) for c, t in DTYPES.items()})
+
+
+def fingerprint_part(df: pd.DataFrame, tag: str, geometry: str | None = None,
+                     symprec: float = F.SYMPREC,
+                     require: Sequence[str] = DEFAULT_REQUIRE) -> pd.DataFrame:
+    """Kernel: fingerprint a partition, keep only ``id`` and the fingerprint columns
+    (rows without an id are named ``<tag>-<row>``)."""
+    fp = F.fingerprint_frame(df, geometry, symprec, require)
+    ids = fp["id"] if "id" in fp.columns else pd.Series([None] * len(fp), index=fp.index)
+    fallback = pd.Series([f"{tag}-{k}" for k in range(len(fp))], index=fp.index)
+    fp["id"] = ids.where(ids.notna(), fallback).astype(object)
+    return fp[["id", *F.FP_DTYPES]].reset_index(drop=True)
+
+
+def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
+           env_tol: float = F.ENV_TOL, vol_tol: float = F.VOL_TOL) -> pd.DataFrame:
+    """Mark each row of a fingerprinted ``batch`` new or a repeat.
+
+    ``seen``: candidate crystals (``id, fingerprint, fp_vbin, fp_data, first_id``
+    and ``own``: from this run), earliest first.  A row is compared with the
+    candidates of its key within one volume bin, first match wins; rows are also
+    compared with the new crystals of earlier rows of the batch.
+    """
+    buckets: dict[str, list[tuple[int, str, str, bool]]] = defaultdict(list)
+    for s in seen.itertuples(index=False):
+        buckets[s.fingerprint].append((int(s.fp_vbin), s.fp_data, s.first_id, bool(s.own)))
+    marks: list[tuple[bool, str | None, str | None]] = []    # is_new, first_id, fp_data
+    for row in batch.itertuples(index=False):
+        key = getattr(row, S.FINGERPRINT)
+        if key is None or pd.isna(key):
+            marks.append((False, None, None))
+            continue
+        vbin, mine = int(row.fp_vbin), row.fp_data
+        cands = [c for c in buckets[key] if abs(c[0] - vbin) <= 1]
+        match = next((c for c in cands
+                      if F.same_structure(c[1], mine, matcher, env_tol, vol_tol)), None)
+        if match is None:
+            marks.append((True, row.id, mine))
+            buckets[key].append((vbin, mine, row.id, True))
+        elif any(c[3] and c[2] == match[2] for c in cands):
+            marks.append((False, match[2], None))        # already a crystal of this run
+        else:
+            marks.append((False, match[2], mine))        # seen elsewhere, first time here
+            buckets[key].append((vbin, mine, match[2], True))
+    is_new, first_id, data = zip(*marks) if marks else ((), (), ())
+    out = batch.copy()
+    out[F.FP_DATA] = pd.Series(list(data), index=batch.index, dtype=object)
+    out[IS_NEW] = pd.Series(list(is_new), index=batch.index, dtype=bool)
+    out[FIRST_ID] = pd.Series(list(first_id), index=batch.index, dtype=object)
+    return out[list(DTYPES)]
+
+
+# ---------------------------------------------------------------------------
+# the seen set: DuckDB over Parquet
+# ---------------------------------------------------------------------------
+
+def table_files(path: str | Path, table: str = TABLE) -> list[Path]:
+    """Part files of a fingerprints table given as a run directory (its ``table``)
+    or as the table's own directory."""
+    p = Path(path)
+    direct = sorted(p.glob("part-*.parquet"))
+    if direct:
+        return direct
+    files = sorted(Run(p).table_path(table).glob("part-*.parquet")) if p.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no fingerprints table at {p} (run `legodask dedup` there)")
+    return files
+
+
+def _sql_files(files: Sequence[Path]) -> str:
+    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+
+
+def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],
+                    batch: pd.DataFrame) -> pd.DataFrame:
+    """Crystals of ``sources`` (``(files, own)`` pairs, earliest first) whose key
+    equals a key of ``batch`` within one volume bin: the inner join."""
+    keys = batch.loc[batch[S.FINGERPRINT].notna(), [S.FINGERPRINT, F.FP_VBIN]].drop_duplicates()
+    cols = ["id", S.FINGERPRINT, F.FP_VBIN, F.FP_DATA, FIRST_ID, "own"]
+    if keys.empty:
+        return pd.DataFrame(columns=cols)
+    con.register("batch_keys", keys)
+    frames = []
+    for rank, (files, own) in enumerate(sources):
+        if not files:
+            continue
+        frames.append(con.execute(f"""
+            SELECT s.id, s.{S.FINGERPRINT}, s.{F.FP_VBIN}, s.{F.FP_DATA}, s.{FIRST_ID},
+                   {bool(own)} AS own
+            FROM read_parquet({_sql_files(files)}, filename=true, file_row_number=true) s
+            WHERE s.{F.FP_DATA} IS NOT NULL AND EXISTS (
+                SELECT 1 FROM batch_keys b WHERE b.{S.FINGERPRINT} = s.{S.FINGERPRINT}
+                AND abs(b.{F.FP_VBIN} - s.{F.FP_VBIN}) <= 1)
+            ORDER BY s.filename, s.file_row_number""").df())
+    con.unregister("batch_keys")
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
+
+
+def overlap(a_files: Sequence[Path], b_files: Sequence[Path], matcher: str = "env",
+            env_tol: float = F.ENV_TOL, vol_tol: float = F.VOL_TOL,
+            chunk: int = 100_000) -> int:
+    """How many crystals of table A are also in table B (Table III): the join of
+    their unique rows on the key, confirmed pair by pair, streamed in chunks."""
+    import duckdb
+
+    if not a_files or not b_files:
+        return 0
+    con = duckdb.connect()
+    res = con.execute(f"""
+        SELECT a.{FIRST_ID}, a.{F.FP_DATA}, b.{F.FP_DATA}
+        FROM read_parquet({_sql_files(a_files)}) a
+        JOIN read_parquet({_sql_files(b_files)}) b
+          ON a.{S.FINGERPRINT} = b.{S.FINGERPRINT} AND abs(a.{F.FP_VBIN} - b.{F.FP_VBIN}) <= 1
+        WHERE a.{F.FP_DATA} IS NOT NULL AND b.{F.FP_DATA} IS NOT NULL""")
+    found: set[str] = set()
+    while rows := res.fetchmany(chunk):
+        for first, da, db in rows:
+            if first not in found and F.same_structure(da, db, matcher, env_tol, vol_tol):
+                found.add(first)
+    return len(found)
+
+
+# ---------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------
+
+def dedup(run: Run, input: str = "ranked", output: str = TABLE,
+          against: Sequence[str | Path] = (), geometry: str | None = None,
+          symprec: float = F.SYMPREC, matcher: str = "env", env_tol: float = F.ENV_TOL,
+          vol_tol: float = F.VOL_TOL, require: Sequence[str] = DEFAULT_REQUIRE,
+          window: int = 8) -> StageResult:
+    """Fingerprint table ``input`` and dedup it, batch by batch, into ``output``."""
+    import duckdb
+
+    if matcher not in F.MATCHERS:
+        raise ValueError(f"matcher must be one of {F.MATCHERS}, not {matcher!r}")
+    parts = run.read(input).to_delayed()
+    schema = arrow_schema(empty())
+    run.table_path(output).mkdir(parents=True, exist_ok=True)
+    done = run.done_parts(output)
+    todo = [i for i in range(len(parts)) if i not in done]
+    others = [(table_files(a), False) for a in against]
+    con = duckdb.connect()
+    rows = 0
+    for chunk in _batched(todo, window):
+        tasks = [dask.delayed(fingerprint_part)(parts[i], f"{input}-{i}", geometry, symprec,
+                                                list(require)) for i in chunk]
+        for i, batch in zip(chunk, compute(tasks, desc=f"{output} fingerprints")):
+            own = [p for p in map(lambda j: run.part_path(output, j), range(i)) if p.exists()]
+            seen = seen_candidates(con, [*others, (own, True)], batch)
+            out = assign(batch, seen, matcher, env_tol, vol_tol)
+            rows += write_frame(out, run.part_path(output, i), schema)
+            log.info("%s part %d: %d rows, %d new", output, i, len(out), int(out[IS_NEW].sum()))
+    run.mark_complete(output, len(parts), source=input, against=[str(a) for a in against],
+                      geometry=geometry, matcher=matcher, symprec=symprec)
+    result = StageResult(output, len(todo), len(done), rows)
+    log.info("%s", result)
+    return result
+
+
+def _batched(items: Sequence[int], n: int) -> Iterator[Sequence[int]]:
+    for k in range(0, len(items), max(1, n)):
+        yield items[k:k + n]
+
+
+def default_input(run: Run) -> str:
+    """``ranked`` when the run has it, else ``prerelaxed``."""
+    return "ranked" if run.done_parts("ranked") else "prerelaxed"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--input", help="table to dedup (default: ranked, else prerelaxed)")
+    p.add_argument("--output", default=TABLE, help="fingerprints table to write or extend")
+    p.add_argument("--against", action="append", default=[],
+                   help="another run directory or fingerprints table whose crystals count "
+                        "as already seen (repeatable)")
+    p.add_argument("--geometry", help="fingerprint the relaxed_<MODEL> geometry "
+                   "(default: the row's own)")
+    p.add_argument("--symprec", type=float, default=F.SYMPREC, help="spglib tolerance (Å)")
+    p.add_argument("--matcher", choices=F.MATCHERS, default="env",
+                   help="fine comparison: environments and volume (env), then also "
+                        "pymatgen's StructureMatcher (pymatgen)")
+    p.add_argument("--env-tol", type=float, default=F.ENV_TOL, help="Å")
+    p.add_argument("--vol-tol", type=float, default=F.VOL_TOL, help="relative")
+    p.add_argument("--require", default=",".join(DEFAULT_REQUIRE),
+                   help="boolean columns a row needs (those present) to be fingerprinted")
+    p.add_argument("--window", type=int, default=8,
+                   help="partitions fingerprinted in parallel before their joins")
+
+
+def command(args: argparse.Namespace) -> int:
+    run = Run(args.run)
+    result = dedup(run, args.input or default_input(run), args.output, args.against,
+                   args.geometry, args.symprec, args.matcher, args.env_tol, args.vol_tol,
+                   [c for c in args.require.split(",") if c], args.window)
+    print(result)
+    return 0

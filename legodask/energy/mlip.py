@@ -1,0 +1,138 @@
+"""Machine-learned potentials: MACE (foundation models or a model file) and CHGNet.
+
+MACE foundation models are loaded the way mace-torch loads them
+(``mace.calculators.mace_mp(model=...)``), which reads mace's download cache.  No
+download happens here: when the weights are not in the cache the error says where
+to put the file, or which option / environment variable names a model file.
+``mace`` is always imported before ``e3nn`` (importing e3nn first breaks unpickling
+of MACE models under recent torch).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+
+from . import BatchEvaluator, EnergyModel, ModelUnavailable, register
+
+MACE_MODEL_ENV = "LEGODASK_MACE_MODEL"
+
+
+def _device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def mace_model_file(model: str) -> Path:
+    """The file of MACE model ``model`` (a foundation-model name or a path), or
+    ``ModelUnavailable`` saying exactly how to provide it."""
+    if importlib.util.find_spec("mace") is None:
+        raise ModelUnavailable("mace-torch is not installed: `pip install mace-torch`")
+    from mace.calculators import foundations_models as fm
+
+    how = (f"or pass a model file with the option `--option mace.model=/path/to/file.model` "
+           f"(`get_model('mace', model=...)`) or the environment variable {MACE_MODEL_ENV}")
+    if model in fm.mace_mp_urls:
+        if model == "medium-mpa-0" and os.path.isfile(fm.local_model_path):
+            return Path(fm.local_model_path)
+        url = fm.mace_mp_urls[model]
+        cached = Path(fm.get_cache_dir()) / re.sub(r"[^A-Za-z0-9_]", "", os.path.basename(url))
+        if cached.is_file():
+            return cached
+        raise ModelUnavailable(
+            f"MACE foundation model {model!r} is not on this machine and is not downloaded "
+            f"here. Download {url} on a machine with internet access and put it at {cached} "
+            f"(mace's cache: $XDG_CACHE_HOME/mace, default ~/.cache/mace), {how}.")
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path.resolve()
+    raise ModelUnavailable(
+        f"MACE model {model!r} is neither a foundation model name "
+        f"({', '.join(fm.mace_mp_urls)}) nor an existing file; {how}.")
+
+
+def make_mace_calculator(model: str, dispersion: bool, device: str | None,
+                         default_dtype: str) -> Calculator:
+    """``mace_mp(model=..., dispersion=...)``: mace-torch's own loader."""
+    import mace  # noqa: F401  (before e3nn)
+    from mace.calculators import mace_mp
+
+    return mace_mp(model=model, dispersion=dispersion, device=_device(device),
+                   default_dtype=default_dtype)
+
+
+def make_mace_batch(model: str, device: str | None, default_dtype: str) -> BatchEvaluator:
+    """A function evaluating energy, forces and stress of many structures in one
+    forward pass of the MACE model (one graph batch; the GPU path)."""
+    from mace import data as mace_data
+    from mace.tools import torch_geometric, torch_tools
+
+    calc = make_mace_calculator(model, False, device, default_dtype)
+    net = calc.models[0]
+    keyspec = mace_data.KeySpecification(info_keys=calc.info_keys, arrays_keys=calc.arrays_keys)
+
+    def evaluate(structures: Sequence[Atoms]) -> list[dict[str, Any]]:
+        with torch_tools.default_dtype(calc.default_dtype):
+            graphs = [mace_data.AtomicData.from_config(
+                mace_data.config_from_atoms(a, key_specification=keyspec, head_name=calc.head),
+                z_table=calc.z_table, cutoff=calc.r_max, heads=calc.available_heads)
+                for a in structures]
+        batch = torch_geometric.Batch.from_data_list(graphs).to(calc.device)
+        batch["positions"].requires_grad_(True)
+        out = net(batch.to_dict(), compute_stress=True, training=False)
+        energy = out["energy"].detach().cpu().numpy() * calc.energy_units_to_eV
+        forces = out["forces"].detach().cpu().numpy() * (calc.energy_units_to_eV
+                                                           / calc.length_units_to_A)
+        stress = out["stress"].detach().cpu().numpy() * (calc.energy_units_to_eV
+                                                           / calc.length_units_to_A ** 3)
+        ptr = batch["ptr"].cpu().numpy()
+        from ase.stress import full_3x3_to_voigt_6_stress
+
+        return [{"energy": float(energy[i]), "forces": forces[ptr[i]:ptr[i + 1]],
+                 "stress": full_3x3_to_voigt_6_stress(stress[i])}
+                for i in range(len(structures))]
+
+    return evaluate
+
+
+@register("mace")
+def mace(model: str | None = None, dispersion: bool = False, device: str | None = None,
+         default_dtype: str = "float64") -> EnergyModel:
+    """MACE: ``model`` is a foundation model name (``small``, ``medium``, ...) or a
+    model file; default ``$LEGODASK_MACE_MODEL``, else ``small`` (the paper's
+    MACE-MP-0 small).  ``dispersion`` adds D3 (needs torch-dftd), as the paper did."""
+    model = model or os.environ.get(MACE_MODEL_ENV) or "small"
+    path = mace_model_file(model)
+    if dispersion and importlib.util.find_spec("torch_dftd") is None:
+        raise ModelUnavailable("MACE with dispersion=True needs torch-dftd: "
+                               "`pip install torch-dftd`, or use dispersion=False")
+    make = functools.partial(make_mace_calculator, str(path), dispersion, device, default_dtype)
+    batch = (None if dispersion
+             else functools.partial(make_mace_batch, str(path), device, default_dtype))
+    return EnergyModel("mace", make, gpu=True, make_batch=batch,
+                       options={"model": model, "file": str(path), "dispersion": dispersion})
+
+
+def make_chgnet_calculator(device: str | None) -> Calculator:
+    from chgnet.model.dynamics import CHGNetCalculator
+
+    return CHGNetCalculator(use_device=_device(device))
+
+
+@register("chgnet")
+def chgnet(device: str | None = None) -> EnergyModel:
+    """CHGNet with the weights bundled in the chgnet package (works offline)."""
+    if importlib.util.find_spec("chgnet") is None:
+        raise ModelUnavailable("chgnet is not installed: `pip install chgnet`")
+    return EnergyModel("chgnet", functools.partial(make_chgnet_calculator, device), gpu=True)

@@ -1,0 +1,766 @@
+"""``legodask prerelax``: move crystals towards a reference environment, keeping symmetry.
+
+The objective of a crystal is ``sum_sites multiplicity * min_k |P_site - P_ref,k|^2
+/ N_atoms``: ``P_site`` the SO(3) power spectrum of one atom of the Wyckoff site
+(all atoms of an orbit have the same one) and ``P_ref,k`` the distinct spectra of
+the site's element in the reference crystal.  It is a function of the FREE
+variables only -- the free cell parameters of the lattice type and the free
+coordinates of each Wyckoff site (the pivot components of the site's parameters,
+e.g. x and z of ``(x, 2x, z)``) -- so the space group is kept exactly.
+
+Two optimisers over one model (``Batch`` + ``batch_loss``, exact gradients by
+torch autograd):
+
+* ``relax_scipy``: one crystal, scipy L-BFGS-B (optionally after a short
+  Nelder-Mead start, and followed by basin hopping for hard cases);
+* ``relax_batch``: many crystals at once, FIRE with per-structure time step,
+  step-length clipping, convergence and early exit (TorchSim style: the state is
+  a dataclass, the optimiser a function over it), on CPU or GPU.
+
+Bounds: cell lengths 1.5-50 Å, angles 30-150°.  Fractional coordinates are left
+unbounded (the objective is periodic in them; the written row wraps them into
+[0, 1)), where the reference code's [0, 1] box would leave walls at 0 and 1.
+Each structure has a time budget; one that exceeds it or blows up is recorded in
+``env_error``, not fatal.  Variables are scaled to about 1 Å per unit (lengths in
+Å, angles / 10°, coordinates x cell length) so that one step size fits all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import codec
+from . import schema as S
+from .descriptor import SO3Params, SO3Torch, pair_weights, power_spectrum
+from .environment import Environment, check_atoms, get_environment
+
+log = logging.getLogger("legodask")
+
+LENGTHS = (1.5, 50.0)
+ANGLES = (30.0, 150.0)
+ANGLE_UNIT = 10.0          # degrees per scaled unit
+SKIN = 0.5                 # Å of neighbour-list skin
+
+# For each lattice type, which free cell variable sets each of (a, b, c, al, be, ga);
+# -1: fixed by the lattice type (the constant is codec.symmetrize_cell's).
+_CELL_VARS = {
+    "cubic": (0, 0, 0, -1, -1, -1),
+    "tetragonal": (0, 0, 1, -1, -1, -1),
+    "hexagonal": (0, 0, 1, -1, -1, -1),
+    "trigonal": (0, 0, 1, -1, -1, -1),
+    "orthorhombic": (0, 1, 2, -1, -1, -1),
+    "monoclinic": (0, 1, 2, -1, 3, -1),
+    "triclinic": (0, 1, 2, 3, 4, 5),
+}
+
+EXTRA_DTYPES = {"loss": "float64", "valid_env": "bool", "env_error": "object",
+                "iterations": "int32", "seconds": "float64"}
+assert list(EXTRA_DTYPES) == S.PRERELAX
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to pre-relax: optimiser limits, tolerances and the per-structure budget."""
+
+    maxiter: int = 600          # L-BFGS-B iterations (the reference: 400 + 200)
+    nelder_mead: int = 0        # derivative-free iterations before L-BFGS-B
+    hops: int = 0               # basin-hopping restarts when the loss stays high
+    steps: int = 1000           # FIRE steps (batched path)
+    fmax: float = 1e-4          # converged: largest scaled gradient component
+    loss_tol: float = 1e-8      # converged: loss below this
+    max_step: float = 0.2       # FIRE: largest step per structure (scaled, ~Å)
+    budget: float = 60.0        # seconds per structure (per batch on the batched path)
+    batch_size: int = 256
+    seed: int = 0
+
+
+class BudgetExceeded(RuntimeError):
+    """A structure ran past its time budget."""
+
+
+# ---------------------------------------------------------------------------
+# one crystal as a function of its free variables
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Problem:
+    """A decoded crystal and the map from its free variables to its atoms."""
+
+    dec: codec.Decoded
+    x0: np.ndarray            # free variables: cell ones, then site coordinates
+    kind: np.ndarray          # 0 length (Å), 1 angle (°), 2 fractional coordinate
+    unit: np.ndarray          # the variable's size of about 1 Å
+    cell_var: np.ndarray      # (6,) index into x, -1 for a constant
+    cell_const: np.ndarray    # (6,)
+    site_var: np.ndarray      # (n_sites, 3) index into x, -1: the site's constant
+    site_const: np.ndarray    # (n_sites, 3) free parameters that are not variables
+    atom_A: np.ndarray        # (N, 3, 3): atom a = A[a] @ f[site(a)] + t[a]
+    atom_t: np.ndarray        # (N, 3)
+    atom_site: np.ndarray     # (N,)
+    rep_atom: np.ndarray      # (n_sites,) an atom of each site (orbit member 0)
+    row_member: np.ndarray    # (n_sites,) the orbit member the row gave
+    numbers: np.ndarray       # (N,) atomic numbers
+
+    @property
+    def natoms(self) -> int:
+        return len(self.numbers)
+
+    def cell(self, x: np.ndarray) -> np.ndarray:
+        par = self.cell_const.copy()
+        used = self.cell_var >= 0
+        par[used] = x[self.cell_var[used]]
+        return par
+
+    def free(self, x: np.ndarray) -> np.ndarray:
+        f = self.site_const.copy()
+        used = self.site_var >= 0
+        f[used] = x[self.site_var[used]]
+        return f
+
+
+def _pivots(A0: np.ndarray, dof: int) -> list[int]:
+    """Columns of ``A0`` that span its column space: the site's free coordinates."""
+    piv: list[int] = []
+    for col in range(3):
+        if len(piv) == dof:
+            break
+        if np.linalg.matrix_rank(A0[:, piv + [col]], tol=1e-8) > len(piv):
+            piv.append(col)
+    return piv
+
+
+def build_problem(row: Mapping[str, Any] | codec.Decoded) -> Problem:
+    """The free-variable model of a row (raises ``DecodeError`` for an invalid row)."""
+    dec = row if isinstance(row, codec.Decoded) else codec.decode_row(row, check_distances=False)
+    lattice_type, _ = codec.group_info(dec.spg)
+    cvar = np.array(_CELL_VARS[lattice_type])
+    n_cell = cvar.max() + 1
+    x0, kind, unit = [], [], []
+    for v in range(n_cell):
+        k = int(np.flatnonzero(cvar == v)[0])
+        x0.append(dec.cell[k])
+        kind.append(0 if k < 3 else 1)
+        unit.append(1.0 if k < 3 else ANGLE_UNIT)
+    const = dec.cell.copy()
+    const[cvar >= 0] = 0.0
+    site_var = -np.ones((len(dec.sites), 3), int)
+    site_const = np.zeros((len(dec.sites), 3))
+    A, t, owner, rep, member, numbers = [], [], [], [], [], []
+    from ase.data import atomic_numbers
+
+    for s, site in enumerate(dec.sites):
+        rep.append(len(owner))
+        ops = site.wp
+        site_const[s] = site.free
+        for col in _pivots(ops.A[0], ops.dof):
+            site_var[s, col] = len(x0)
+            site_const[s, col] = 0.0
+            x0.append(site.free[col])
+            kind.append(2)
+            unit.append(1.0 / dec.cell[col])
+        A.append(ops.A)
+        t.append(ops.t)
+        owner += [s] * ops.multiplicity
+        numbers += [atomic_numbers[site.element]] * ops.multiplicity
+        d = site.orbit() - site.point
+        d -= np.round(d)
+        member.append(int(np.argmin(np.abs(d).sum(1))))
+    return Problem(dec, np.array(x0, float), np.array(kind), np.array(unit), cvar, const,
+                   site_var, site_const, np.concatenate(A), np.concatenate(t),
+                   np.array(owner), np.array(rep), np.array(member), np.array(numbers))
+
+
+def bounds(p: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of the free variables (coordinates unbounded)."""
+    lo = np.select([p.kind == 0, p.kind == 1], [LENGTHS[0], ANGLES[0]], -np.inf)
+    hi = np.select([p.kind == 0, p.kind == 1], [LENGTHS[1], ANGLES[1]], np.inf)
+    return lo, hi
+
+
+def relaxed_row(p: Problem, x: np.ndarray) -> dict[str, Any]:
+    """The row's cell and site coordinates at free variables ``x`` (each site
+    keeps the orbit member that the row gave)."""
+    cell = p.cell(x)
+    out: dict[str, Any] = dict(zip(S.CELL, map(float, cell)))
+    f = p.free(x)
+    for s, site in enumerate(p.dec.sites):
+        j = p.row_member[s]
+        xyz = site.wp.A[j] @ f[s] + site.wp.t[j]
+        xyz = xyz - np.floor(xyz)
+        xyz[np.isclose(xyz, 1.0, atol=1e-12)] = 0.0
+        out.update(zip(S.XYZ[s], map(float, xyz)))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# reference targets
+# ---------------------------------------------------------------------------
+
+_TARGETS: dict[int, tuple[Environment, dict[str, np.ndarray]]] = {}
+
+
+def targets(env: Environment, params: SO3Params) -> dict[str, np.ndarray]:
+    """Distinct reference spectra of each element, (K, size), cached per environment."""
+    key = id(env)
+    if key in _TARGETS and _TARGETS[key][0] is env:
+        return _TARGETS[key][1]
+    ref = env.reference
+    spectra = power_spectrum(ref, params)
+    out = {}
+    for el in set(ref.get_chemical_symbols()):
+        rows = spectra[np.array(ref.get_chemical_symbols()) == el]
+        keep: list[np.ndarray] = []
+        for r in rows:
+            if not any(np.allclose(r, k, rtol=1e-6, atol=1e-8) for k in keep):
+                keep.append(r)
+        out[el] = np.array(keep)
+    _TARGETS[key] = (env, out)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the batched model (torch)
+# ---------------------------------------------------------------------------
+
+def cellpar_to_cell(par: Any) -> Any:
+    """(B, 6) cell parameters (Å, degrees) -> (B, 3, 3) cell vectors (ASE's
+    orientation: a along x, b in the xy plane), differentiable."""
+    import torch
+
+    a, b, c = par[:, 0], par[:, 1], par[:, 2]
+    ca, cb, cg = (torch.cos(torch.deg2rad(par[:, k])) for k in (3, 4, 5))
+    sg = torch.sin(torch.deg2rad(par[:, 5]))
+    cy = (ca - cb * cg) / sg
+    cz = torch.sqrt(torch.clamp(1 - cb * cb - cy * cy, min=1e-12))
+    zero = torch.zeros_like(a)
+    return torch.stack([torch.stack([a, zero, zero], -1),
+                        torch.stack([b * cg, b * sg, zero], -1),
+                        torch.stack([c * cb, c * cy, c * cz], -1)], 1)
+
+
+@dataclass
+class Batch:
+    """Many crystals as flat tensors: the state that the optimisers work on.
+
+    Variable ``v`` belongs to structure ``owner[v]``; cell parameter k of structure
+    b is ``x[cell_var[b, k]]`` (the index ``n_var`` reads a zero) plus
+    ``cell_const[b, k]``; likewise the site parameters.  The neighbour list
+    (pairs from each site's representative atom, with a skin) is rebuilt for the
+    structures that moved too far since it was built.
+    """
+
+    problems: list[Problem]
+    x: Any                  # (n_var,) free variables, natural units
+    owner: Any              # (n_var,)
+    unit: Any
+    lower: Any
+    upper: Any
+    cell_var: Any           # (B, 6)
+    cell_const: Any
+    site_var: Any           # (S, 3)
+    site_const: Any
+    atom_A: Any             # (N, 3, 3)
+    atom_t: Any
+    atom_site: Any          # (N,)
+    atom_struct: Any        # (N,)
+    site_struct: Any        # (S,)
+    mult: Any               # (S,)
+    natoms: Any             # (B,)
+    targets: Any            # (S, K, size)
+    so3: SO3Torch
+    atom_offset: np.ndarray  # (B,) first atom of each structure
+    site_offset: np.ndarray  # (B,) first site of each structure
+    pairs: list[Any]         # per structure: (center site, i, j, shift, w, structure)
+    pair_tensors: tuple[Any, ...] = ()   # the stacked pairs, on the device
+    built_cart: Any = None   # (N, 3) positions when the lists were built
+    built_cell: Any = None   # (B, 3, 3)
+
+    @property
+    def n(self) -> int:
+        return len(self.problems)
+
+
+def make_batch(problems: Sequence[Problem], xs: Sequence[np.ndarray], env: Environment,
+               params: SO3Params, device: Any = "cpu") -> Batch:
+    """Stack problems (at free variables ``xs``) into one batch on ``device``."""
+    import torch
+
+    tg = targets(env, params)
+    k_max = max(len(v) for v in tg.values())
+    f64 = dict(dtype=torch.float64, device=device)
+    cat = np.concatenate
+    n_var = sum(len(x) for x in xs)
+    x_off = np.cumsum([0] + [len(x) for x in xs])[:-1]
+    s_off = np.cumsum([0] + [len(p.dec.sites) for p in problems])[:-1]
+    a_off = np.cumsum([0] + [p.natoms for p in problems])[:-1]
+
+    def shift_index(idx: np.ndarray, off: int) -> np.ndarray:
+        return np.where(idx >= 0, idx + off, n_var)
+
+    site_tg = []
+    for p in problems:
+        for site in p.dec.sites:
+            if site.element not in tg:
+                raise ValueError(f"element {site.element} has no reference environment "
+                                 f"in {env.name!r}")
+            t = tg[site.element]
+            site_tg.append(np.concatenate([t, np.repeat(t[:1], k_max - len(t), 0)]))
+    lo, hi = zip(*(bounds(p) for p in problems))
+    b = Batch(
+        problems=list(problems),
+        x=torch.as_tensor(cat(xs), **f64),
+        owner=torch.as_tensor(np.repeat(np.arange(len(xs)), [len(x) for x in xs]), device=device),
+        unit=torch.as_tensor(cat([p.unit for p in problems]), **f64),
+        lower=torch.as_tensor(cat(lo), **f64), upper=torch.as_tensor(cat(hi), **f64),
+        cell_var=torch.as_tensor(np.stack([shift_index(p.cell_var, o)
+                                           for p, o in zip(problems, x_off)]), device=device),
+        cell_const=torch.as_tensor(np.stack([p.cell_const for p in problems]), **f64),
+        site_var=torch.as_tensor(cat([shift_index(p.site_var, o)
+                                      for p, o in zip(problems, x_off)]), device=device),
+        site_const=torch.as_tensor(cat([p.site_const for p in problems]), **f64),
+        atom_A=torch.as_tensor(cat([p.atom_A for p in problems]), **f64),
+        atom_t=torch.as_tensor(cat([p.atom_t for p in problems]), **f64),
+        atom_site=torch.as_tensor(cat([p.atom_site + o for p, o in zip(problems, s_off)]),
+                                  device=device),
+        atom_struct=torch.as_tensor(np.repeat(np.arange(len(problems)),
+                                              [p.natoms for p in problems]), device=device),
+        site_struct=torch.as_tensor(np.repeat(np.arange(len(problems)),
+                                              [len(p.dec.sites) for p in problems]),
+                                    device=device),
+        mult=torch.as_tensor(cat([[s.wp.multiplicity for s in p.dec.sites] for p in problems]),
+                             **f64),
+        natoms=torch.as_tensor([p.natoms for p in problems], **f64),
+        targets=torch.as_tensor(np.array(site_tg), **f64),
+        so3=SO3Torch(params, device),
+        atom_offset=a_off, site_offset=s_off,
+        pairs=[None] * len(problems),
+    )
+    return b
+
+
+def geometry(b: Batch, x: Any) -> tuple[Any, Any]:
+    """Cartesian positions (N, 3) and cells (B, 3, 3) at free variables ``x``."""
+    import torch
+
+    xe = torch.cat([x, x.new_zeros(1)])
+    cell = cellpar_to_cell(xe[b.cell_var] + b.cell_const)
+    f = xe[b.site_var] + b.site_const
+    frac = torch.einsum("aij,aj->ai", b.atom_A, f[b.atom_site]) + b.atom_t
+    cart = torch.einsum("ai,aij->aj", frac, cell[b.atom_struct])
+    return cart, cell
+
+
+def _structure_pairs(b: Batch, k: int, cart: np.ndarray, cell: np.ndarray
+                     ) -> tuple[np.ndarray, ...]:
+    """Neighbour pairs of structure ``k`` within rcut + skin, from each site's
+    representative atom (global indices)."""
+    from ase.neighborlist import primitive_neighbor_list
+
+    p = b.problems[k]
+    a0, s0 = b.atom_offset[k], b.site_offset[k]
+    pos = cart[a0:a0 + p.natoms]
+    i, j, shift = primitive_neighbor_list("ijS", [True] * 3, cell, pos,
+                                          b.so3.params.rcut + SKIN, self_interaction=False)
+    is_rep = np.full(p.natoms, -1)
+    is_rep[p.rep_atom] = np.arange(len(p.rep_atom))
+    keep = is_rep[i] >= 0
+    i, j, shift = i[keep], j[keep], shift[keep]
+    w = pair_weights(p.numbers[i], p.numbers[j], b.so3.params.weight_on)
+    return is_rep[i] + s0, i + a0, j + a0, shift.astype(float), w, np.full(len(i), k)
+
+
+def update_pairs(b: Batch, cart: Any, cell: Any) -> None:
+    """Rebuild the neighbour lists of the structures that moved more than half
+    the skin since their list was built."""
+    import torch
+
+    with torch.no_grad():
+        if b.built_cart is None:
+            todo = np.arange(b.n)
+        else:
+            move = (cart - b.built_cart).norm(dim=1)
+            per = torch.zeros(b.n, dtype=move.dtype, device=move.device)
+            per = per.scatter_reduce(0, b.atom_struct, move, "amax")
+            strain = (cell - b.built_cell).norm(dim=2).amax(1) * 3
+            todo = torch.nonzero(2 * per + strain > SKIN / 2).flatten().cpu().numpy()
+            if not len(todo):
+                return
+        cart_np, cell_np = cart.detach().cpu().numpy(), cell.detach().cpu().numpy()
+        for k in todo:
+            b.pairs[k] = _structure_pairs(b, int(k), cart_np, cell_np[k])
+        b.built_cart, b.built_cell = cart.detach().clone(), cell.detach().clone()
+        dev = b.x.device
+        cols = [np.concatenate(c) for c in zip(*b.pairs)]
+        b.pair_tensors = (
+            torch.as_tensor(cols[0], device=dev), torch.as_tensor(cols[1], device=dev),
+            torch.as_tensor(cols[2], device=dev),
+            torch.as_tensor(cols[3], dtype=torch.float64, device=dev),
+            torch.as_tensor(cols[4], dtype=torch.float64, device=dev),
+            torch.as_tensor(cols[5], device=dev))
+
+
+def batch_loss(b: Batch, x: Any) -> Any:
+    """The objective of every structure of the batch, (B,), at free variables ``x``."""
+    import torch
+
+    cart, cell = geometry(b, x)
+    update_pairs(b, cart, cell)
+    center, i, j, shift, w, struct = b.pair_tensors
+    vec = cart[j] - cart[i] + torch.einsum("pi,pij->pj", shift, cell[struct])
+    spectra = b.so3(vec, center, w, len(b.site_struct))
+    d2 = ((spectra[:, None, :] - b.targets) ** 2).sum(-1).amin(1)
+    per = torch.zeros(b.n, dtype=x.dtype, device=x.device).index_add(0, b.site_struct,
+                                                                     b.mult * d2)
+    return per / b.natoms
+
+
+def loss_and_grad(b: Batch, x: Any) -> tuple[Any, Any]:
+    """Per-structure losses and the gradient with respect to ``x`` (each variable
+    belongs to one structure, so the gradient of the sum is each one's own)."""
+    import torch
+
+    x = x.detach().requires_grad_(True)
+    loss = batch_loss(b, x)
+    (grad,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), grad
+
+
+# ---------------------------------------------------------------------------
+# optimisers
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Outcome:
+    """What an optimiser did to one structure."""
+
+    x: np.ndarray
+    loss: float
+    iterations: int
+    seconds: float
+    error: str | None = None
+
+
+def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
+                params: SO3Params | None = None) -> Outcome:
+    """One structure with scipy: [Nelder-Mead], L-BFGS-B with exact gradients,
+    [basin hopping]; the best point found is kept when the budget runs out."""
+    import torch
+    from scipy.optimize import minimize
+
+    params = params or SO3Params(rcut=env.rcut)
+    t0 = time.perf_counter()
+    batch = make_batch([p], [p.x0], env, params)
+    unit = p.unit
+    lo, hi = bounds(p)
+    best = {"loss": math.inf, "x": p.x0.copy(), "calls": 0}
+
+    def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
+        if time.perf_counter() - t0 > opts.budget:
+            raise BudgetExceeded(f"time budget of {opts.budget:g} s exceeded")
+        x = y * unit
+        loss, grad = loss_and_grad(batch, torch.as_tensor(x, dtype=torch.float64))
+        value = float(loss[0])
+        best["calls"] += 1
+        if not math.isfinite(value):
+            return 1e10, np.zeros_like(y)
+        if value < best["loss"]:
+            best.update(loss=value, x=x.copy())
+        return value, grad.numpy() * unit
+
+    scaled_bounds = list(zip(lo / unit, hi / unit))
+    scaled_bounds = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b)
+                     for a, b in scaled_bounds]
+    rng = np.random.default_rng(opts.seed)
+    nit = 0
+    error = None
+    try:
+        y = p.x0 / unit
+        if opts.nelder_mead:
+            res = minimize(lambda v: fun(v)[0], y, method="Nelder-Mead", bounds=scaled_bounds,
+                           options={"maxiter": opts.nelder_mead})
+            y, nit = res.x, nit + res.nit
+        res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
+                       options={"maxiter": opts.maxiter, "ftol": 1e-14, "gtol": opts.fmax})
+        nit += res.nit
+        for _ in range(opts.hops):
+            if best["loss"] < 1e-3:
+                break
+            y = best["x"] / unit + rng.normal(0, 0.3, len(y))
+            y = np.clip(y, lo / unit, hi / unit)
+            res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
+                           options={"maxiter": opts.maxiter, "ftol": 1e-14, "gtol": opts.fmax})
+            nit += res.nit
+    except BudgetExceeded as exc:
+        error = str(exc)
+    if not math.isfinite(best["loss"]):
+        error = error or "the objective is not finite"
+    return Outcome(best["x"], best["loss"], nit, time.perf_counter() - t0, error)
+
+
+def _segment_sum(values: Any, owner: Any, n: int) -> Any:
+    import torch
+
+    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, owner, values)
+
+
+def relax_batch(b: Batch, opts: Options = Options()) -> list[Outcome]:
+    """FIRE on every structure of a batch at once, in scaled variables.
+
+    Per structure: its own time step and mixing (FIRE's), its step clipped to
+    ``max_step``, convergence (loss or largest gradient component), the best
+    point kept; a structure whose loss turns non-finite is frozen at its last
+    finite point and recorded.  Stops when all converged, after ``steps``, or
+    when the batch has run ``budget`` seconds.
+    """
+    import torch
+
+    t0 = time.perf_counter()
+    dev, n = b.x.device, b.n
+    f64 = dict(dtype=torch.float64, device=dev)
+    unit, owner = b.unit, b.owner
+    y = b.x / unit
+    lo, hi = b.lower / unit, b.upper / unit
+    v = torch.zeros_like(y)
+    dt = torch.full((n,), 0.1, **f64)
+    alpha = torch.full((n,), 0.1, **f64)
+    n_pos = torch.zeros(n, dtype=torch.long, device=dev)
+    active = torch.ones(n, dtype=torch.bool, device=dev)
+    blown = torch.zeros(n, dtype=torch.bool, device=dev)
+    best_loss = torch.full((n,), math.inf, **f64)
+    best_y = y.clone()
+    iters = torch.zeros(n, dtype=torch.long, device=dev)
+    timed_out = False
+    for _ in range(opts.steps):
+        loss, grad = loss_and_grad(b, y * unit)
+        g = grad * unit
+        finite = torch.isfinite(loss) & _segment_sum((~torch.isfinite(g)).double(), owner, n).eq(0)
+        blown |= active & ~finite
+        active &= finite
+        better = active & (loss < best_loss)
+        best_loss = torch.where(better, loss, best_loss)
+        best_y = torch.where(better[owner], y, best_y)
+        gmax = torch.zeros(n, **f64).scatter_reduce(0, owner, g.abs(), "amax")
+        active &= ~((loss < opts.loss_tol) | (gmax < opts.fmax))
+        if not bool(active.any()):
+            break
+        if time.perf_counter() - t0 > opts.budget:
+            timed_out = True
+            break
+        iters += active
+        force = torch.where(active[owner] & torch.isfinite(g), -g, torch.zeros_like(g))
+        power = _segment_sum(force * v, owner, n)
+        fnorm = torch.sqrt(_segment_sum(force * force, owner, n)).clamp_min(1e-30)
+        vnorm = torch.sqrt(_segment_sum(v * v, owner, n))
+        uphill = power <= 0
+        v = (1 - alpha[owner]) * v + alpha[owner] * (vnorm / fnorm)[owner] * force
+        v = torch.where(uphill[owner], torch.zeros_like(v), v)
+        n_pos = torch.where(uphill, torch.zeros_like(n_pos), n_pos + 1)
+        grow = ~uphill & (n_pos > 5)
+        dt = torch.where(uphill, dt * 0.5, torch.where(grow, (dt * 1.1).clamp_max(1.0), dt))
+        alpha = torch.where(uphill, torch.full_like(alpha, 0.1),
+                            torch.where(grow, alpha * 0.99, alpha))
+        v = v + dt[owner] * force
+        step = dt[owner] * v
+        snorm = torch.sqrt(_segment_sum(step * step, owner, n))
+        step = step * (opts.max_step / snorm.clamp_min(opts.max_step))[owner]
+        y = torch.where(active[owner], torch.minimum(torch.maximum(y + step, lo), hi), y)
+    seconds = (time.perf_counter() - t0) / n
+    out = []
+    x_best = (best_y * unit).cpu().numpy()
+    offsets = np.cumsum([0] + [len(p.x0) for p in b.problems])
+    for k in range(n):
+        error = None
+        if bool(blown[k]):
+            error = "the objective blew up (non-finite loss or gradient)"
+        elif timed_out and bool(active[k]):
+            error = f"time budget of {opts.budget:g} s exceeded"
+        out.append(Outcome(x_best[offsets[k]:offsets[k + 1]], float(best_loss[k]),
+                           int(iters[k]), seconds, error))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------
+
+def _finish(row: Mapping[str, Any], p: Problem, out: Outcome, env: Environment
+            ) -> dict[str, Any]:
+    """The relaxed row with the PRERELAX columns; the environment check runs on
+    the relaxed crystal as decoded from the written row."""
+    rec = dict(row)
+    rec.update(relaxed_row(p, out.x))
+    rec.update(loss=out.loss, iterations=out.iterations, seconds=out.seconds)
+    try:
+        atoms = codec.row_to_atoms(rec)
+        ok, reason = check_atoms(atoms, env)
+    except codec.DecodeError as exc:
+        ok, reason = False, f"relaxed crystal is invalid: {exc}"
+    if out.error:
+        ok, reason = False, out.error if ok else f"{out.error}; {reason}"
+    rec.update(valid_env=bool(ok), env_error=reason)
+    return rec
+
+
+def _failed(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    return {**row, "loss": math.nan, "valid_env": False, "env_error": reason,
+            "iterations": 0, "seconds": 0.0}
+
+
+def prerelax_row(row: Mapping[str, Any], env: Environment | str = "graphite",
+                 **opts: Any) -> dict[str, Any]:
+    """Pre-relax one row on the CPU (scipy): the row with its relaxed cell and
+    coordinates and ``loss, valid_env, env_error, iterations, seconds``."""
+    env = get_environment(env)
+    options = replace(Options(), **opts)
+    try:
+        p = build_problem(row)
+    except codec.DecodeError as exc:
+        return _failed(row, f"not a valid crystal: {exc}")
+    return _finish(row, p, relax_scipy(p, env, options), env)
+
+
+def _resolve_device(device: str) -> str:
+    """``cpu`` (scipy), ``torch`` (batched, on the GPU when there is one) or
+    ``auto`` (batched on a GPU, scipy without) -> ``scipy``, ``cpu`` or ``cuda``."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if device == "cpu":
+        return "scipy"
+    if device == "torch":
+        return "cuda" if gpu else "cpu"
+    if device == "auto":
+        return "cuda" if gpu else "scipy"
+    raise ValueError(f"unknown device {device!r}: cpu, torch or auto")
+
+
+def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
+                   device: str = "auto", limit: int | None = None,
+                   options: Options = Options(),
+                   partition_info: dict[str, Any] | None = None,
+                   limits: Sequence[int] | None = None) -> pd.DataFrame:
+    """The stage kernel: pre-relax every valid row of a partition.
+
+    Rows that are not valid crystals, that fail, or that lie beyond ``limit``
+    valid rows (``limits[i]`` for partition i when mapped over a table) are kept
+    with the reason in ``env_error``.  The batched path groups rows by size.
+    """
+    env = get_environment(env)
+    if limits is not None and partition_info is not None:
+        limit = limits[partition_info["number"]]
+    extra = {c: str(t) for c, t in df.dtypes.items() if c not in S.COLUMNS}
+    extra.update(EXTRA_DTYPES)
+    records = S.conform(df).to_dict("records")
+    out: list[dict[str, Any] | None] = [None] * len(records)
+    todo: list[tuple[int, Problem]] = []
+    for k, rec in enumerate(records):
+        if not rec.get("valid_xtal"):
+            out[k] = _failed(rec, f"not a valid crystal: {rec.get('error')}")
+        elif limit is not None and len(todo) >= limit:
+            out[k] = _failed(rec, "not relaxed (--limit)")
+        else:
+            try:
+                todo.append((k, build_problem(rec)))
+            except Exception as exc:  # a bad row is recorded, never fatal
+                out[k] = _failed(rec, f"{type(exc).__name__}: {exc}")
+    mode = _resolve_device(device)
+    if mode == "scipy":
+        for k, p in todo:
+            out[k] = _guarded(records[k], lambda p=p: relax_scipy(p, env, options), p, env)
+    else:
+        todo.sort(key=lambda kp: kp[1].natoms)
+        params = SO3Params(rcut=env.rcut)
+        for i in range(0, len(todo), options.batch_size):
+            chunk = todo[i:i + options.batch_size]
+            try:
+                b = make_batch([p for _, p in chunk], [p.x0 for _, p in chunk], env, params,
+                               mode)
+                results = relax_batch(b, options)
+            except Exception as exc:  # the batch failed: relax its rows one by one
+                log.warning("batch of %d failed (%s); relaxing one by one", len(chunk), exc)
+                results = [None] * len(chunk)
+            for (k, p), res in zip(chunk, results):
+                out[k] = (_finish(records[k], p, res, env) if res is not None else
+                          _guarded(records[k], lambda p=p: relax_scipy(p, env, options), p, env))
+    frame = pd.DataFrame.from_records(out, index=df.index)
+    return S.conform(frame, extra)[list(S.empty_frame(extra).columns)]
+
+
+def _guarded(row: Mapping[str, Any], relax: Any, p: Problem, env: Environment) -> dict[str, Any]:
+    try:
+        return _finish(row, p, relax(), env)
+    except Exception as exc:  # anything unforeseen is a recorded failure
+        return _failed(row, f"{type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------
+# the stage
+# ---------------------------------------------------------------------------
+
+def prerelax(run: Any, source: str | None = None, env: str = "graphite",
+             device: str = "auto", limit: int | None = None,
+             options: Options = Options(), output: str = "prerelaxed") -> Any:
+    """Pre-relax table ``source`` (``samples``, else ``decoded``) of a run into
+    ``RUN/prerelaxed.parquet``; on a cluster with a GPU worker the batched path
+    runs there."""
+    from . import cluster
+
+    if source is None:
+        source = "samples" if run.table_path("samples").exists() else "decoded"
+    ddf = run.read(source)
+    extra = {c: str(t) for c, t in ddf.dtypes.items() if c not in S.COLUMNS}
+    extra.update(EXTRA_DTYPES)
+    meta = S.empty_frame(extra)
+    annotations = None
+    if device in ("auto", "torch") and cluster.has_gpu_worker():
+        annotations = {"resources": cluster.GPU_RESOURCE}
+        device = "torch"
+    limits = None
+    if limit is not None:
+        import dask
+
+        counts = cluster.compute([dask.delayed(lambda d: int(d["valid_xtal"].sum()))(part)
+                                  for part in ddf[["valid_xtal"]].to_delayed()], desc="count")
+        before = np.cumsum([0, *counts])[:-1]
+        limits = [int(max(0, limit - b)) for b in before]
+    kernel = functools.partial(prerelax_frame, env=env, device=device, options=options,
+                               limits=limits)
+    return run.map_table(source, output, kernel, meta, desc="prerelax",
+                         annotations=annotations)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--input", default=None,
+                   help="table to pre-relax (default: samples, else decoded)")
+    p.add_argument("--output", default="prerelaxed", help="output table name")
+    p.add_argument("--env", default="graphite",
+                   help="reference environment: graphite, cristobalite or a structure file")
+    p.add_argument("--device", choices=["cpu", "torch", "auto"], default="auto",
+                   help="cpu: scipy per structure; torch: batched (GPU if any); "
+                        "auto: batched on a GPU worker, else scipy")
+    p.add_argument("--limit", type=int, default=None, help="relax only the first N valid rows")
+    p.add_argument("--budget", type=float, default=Options.budget,
+                   help="seconds per structure (per batch on the batched path)")
+    p.add_argument("--batch-size", type=int, default=Options.batch_size)
+    p.add_argument("--hops", type=int, default=0, help="basin-hopping restarts (CPU path)")
+
+
+def command(args: argparse.Namespace) -> int:
+    from .store import Run
+
+    opts = Options(budget=args.budget, batch_size=args.batch_size, hops=args.hops)
+    result = prerelax(Run(args.run), args.input, args.env, args.device, args.limit, opts,
+                      args.output)
+    print(result)
+    return 0

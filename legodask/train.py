@@ -1,0 +1,92 @@
+"""The train stage: one task fits a GAN or VAE on ``RUN/features.zarr``.
+
+The task runs on a worker with the ``GPU`` resource when the cluster has one (torch
+then finds CUDA there), on any worker otherwise.  It streams the features chunk by
+chunk and saves into ``RUN/models/<name>/``; rerunning continues from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from typing import Any
+
+import dask
+
+from . import cluster, models
+from .encode import FEATURES, MODES, encode_stage, open_features
+from .store import Run
+
+log = logging.getLogger("legodask")
+
+
+def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool = True,
+                seed: int = 0, **hparams: Any) -> dict[str, Any]:
+    """Train model ``name`` on the run's features (the task body); a summary."""
+    run = Run(run_path)
+    array, encoder = open_features(run)
+    model = models.build(kind, encoder, **hparams)
+    t = time.perf_counter()
+    history = models.fit(model, encoder, models.ChunkStream(array), epochs,
+                         run.model_dir(name), resume=resume, seed=seed)
+    best = min(history, key=lambda h: h[model.score])
+    return {"model": name, "kind": kind, "device": str(model.device), "epochs": len(history),
+            "best_epoch": best["epoch"], model.score: best[model.score],
+            "rows": int(array.shape[0]), "features": encoder.width,
+            "seconds": round(time.perf_counter() - t, 2)}
+
+
+def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
+                name: str | None = None, input: str = "augmented", resume: bool = True,
+                seed: int = 0, **hparams: Any) -> dict[str, Any]:
+    """Encode (when ``features.zarr`` is missing or of another mode or table) and train."""
+    if not run.file(FEATURES).exists():
+        encode_stage(run, mode, input)
+    else:
+        array, encoder = open_features(run)
+        if encoder.mode != mode or array.attrs.get("source") != input:
+            encode_stage(run, mode, input)
+    name = name or f"{kind}-{mode}"
+    annotations = {"resources": cluster.GPU_RESOURCE} if cluster.has_gpu_worker() else {}
+    with dask.annotate(**annotations):
+        task = dask.delayed(train_model, pure=False)(str(run.path), name, kind, epochs,
+                                                     resume, seed, **hparams)
+    [summary] = cluster.compute([task], desc=f"train {name}")
+    log.info("trained %s", summary)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--model", choices=models.KINDS, required=True)
+    parser.add_argument("--mode", choices=MODES, default="cont")
+    parser.add_argument("--epochs", type=int, default=250, help="epochs in all (paper: 250-1000)")
+    parser.add_argument("--name", help="model name (default <model>-<mode>)")
+    parser.add_argument("--input", default="augmented", help="training table")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--hidden", type=int, nargs=2, default=None, metavar=("H1", "H2"),
+                        help="hidden layer widths of every network (default 512 512; "
+                        "the GAN's discriminator 256 256)")
+    parser.add_argument("--embedding-dim", type=int, default=128, help="noise / latent size")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
+    """Model hyper-parameters from the command line."""
+    hp: dict[str, Any] = {"batch_size": args.batch_size, "lr": args.lr,
+                          "embedding_dim": args.embedding_dim}
+    if args.hidden:
+        keys = (("generator_dim", "discriminator_dim") if args.model == "gan"
+                else ("compress_dims", "decompress_dims"))
+        hp.update({k: tuple(args.hidden) for k in keys})
+    return hp
+
+
+def command(args: argparse.Namespace) -> int:
+    summary = train_stage(Run(args.run), args.model, args.mode, args.epochs, args.name,
+                          args.input, not args.fresh, args.seed, **hparams_of(args))
+    print(summary)
+    return 0

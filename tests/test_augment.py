@@ -1,0 +1,178 @@
+"""The augment stage: rows are the parent crystal in other settings, the paper's
+diamond example, reproducibility across workers and partitions, recorded failures."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pandas as pd
+import pytest
+import spglib
+from ase.neighborlist import neighbor_list
+from pyxtal import pyxtal
+
+from legodask import augment as A
+from legodask import codec, sources
+from legodask.store import Run
+
+# small SACADA structures: 8-atom I4_132 (8a), 8-atom P4_2/mmc (4i 4g), 18-atom (2 sites)
+DB_IDS = [2, 19, 60]
+SMALL = dict(max_per_structure=40, max_per_subgroup=8, max_per_parent=12, tries=4)
+
+
+def small(**kw: object) -> A.Params:
+    return A.Params(**{**SMALL, **kw})
+
+
+@pytest.fixture(scope="module")
+def train(sacada_db: Path) -> pd.DataFrame:
+    items = [it for it in sources.list_items(sacada_db) if it.key in DB_IDS]
+    return sources.TrainingFilter().apply(sources.read_items(items, 1e-3, "sacada"))
+
+
+@pytest.fixture(scope="module")
+def augmented(train: pd.DataFrame) -> pd.DataFrame:
+    return A.augment_frame(train, small(seed=7))
+
+
+def diamond_row() -> dict:
+    x = pyxtal()
+    x.from_spg_wps_rep(227, ["8a"], [3.567], ["C"])
+    return codec.pyxtal_to_row(x, id="diamond", source="test")
+
+
+def environments(atoms, cutoff: float = 1.9) -> np.ndarray:
+    """Each atom's sorted neighbour distances (the first three) -- its environment."""
+    i, d = neighbor_list("id", atoms, cutoff)
+    return np.sort([np.sort(d[i == a])[:3] for a in range(len(atoms))], axis=0)
+
+
+def test_rows_are_the_parent_structure(train: pd.DataFrame, augmented: pd.DataFrame) -> None:
+    decoded = codec.decode_frame(augmented.drop(columns=[A.PATH]))
+    assert decoded["valid_xtal"].all(), decoded["error"].dropna().tolist()[:3]
+    assert set(augmented["parent_id"]) == set(train["id"])
+    assert augmented["id"].is_unique
+    parents = {r["id"]: codec.row_to_atoms(r) for r in train.to_dict("records")}
+    spg_of = {k: spglib.get_symmetry_dataset((a.cell[:], a.get_scaled_positions(), a.numbers),
+                                             symprec=0.01).number for k, a in parents.items()}
+    n_sub = 0
+    for row in decoded.to_dict("records"):
+        atoms, parent = codec.row_to_atoms(row), parents[row["parent_id"]]
+        # same density and the same per-atom environments (bond lengths), to 0.01
+        rho, rho0 = len(atoms) / atoms.get_volume(), len(parent) / parent.get_volume()
+        assert abs(rho / rho0 - 1) < 1e-3
+        env, env0 = environments(atoms), environments(parent)
+        assert np.allclose(env.min(0), env0.min(0), atol=0.01)
+        assert np.allclose(env.max(0), env0.max(0), atol=0.01)
+        # spglib finds the parent's group: a supergroup of the representation's
+        cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+        found = spglib.get_symmetry_dataset(cell, symprec=0.01).number
+        assert found == spg_of[row["parent_id"]]
+        parent_spg = int(train.set_index("id").loc[row["parent_id"], "spg"])
+        path = row[A.PATH].split(">")
+        assert int(path[0]) == parent_spg and int(path[-1]) == row["spg"]
+        n_sub += len(path) > 1
+    assert n_sub > 0
+
+
+def test_swaps_and_caps(augmented: pd.DataFrame) -> None:
+    for pid, rows in augmented.groupby("parent_id"):
+        # at most one subgroup over the structure cap, none over its own caps
+        assert len(rows) <= SMALL["max_per_structure"] + SMALL["max_per_subgroup"]
+        sizes = rows.groupby(A.PATH).size()
+        parent_path = rows[A.PATH].iloc[0]
+        assert sizes[parent_path] <= SMALL["max_per_parent"]
+        assert (sizes.drop(parent_path) <= SMALL["max_per_subgroup"]).all()
+        # orbit swaps: rows of one representation differ in their coordinates only
+        for _, rep in rows.groupby(A.PATH):
+            assert rep[["spg", "a", "wp0"]].nunique().max() == 1
+            assert len(rep.drop_duplicates(["x0", "y0", "z0", "x1", "y1", "z1"])) == len(rep)
+
+
+def test_diamond_subgroups_of_the_paper() -> None:
+    out = A.augment_frame(pd.DataFrame([diamond_row()]),
+                          A.Params(seed=3, check="none", tries=20, max_per_structure=10_000))
+    keys = set(A.symmetry_key(out))
+    # Fd-3m 8a -> F-43m 4a+4d, R-3m 6c, I4_1/amd 4a (paper Fig. 2a)
+    assert {"227 8a", "216 4a 4d", "166 6c", "141 4a"} <= keys
+    assert set(out.loc[A.symmetry_key(out) == "166 6c", A.PATH]) >= {"227>166"}
+    assert (out["spg"] == 227).sum() == 8     # the 8 atoms of 8a, each once
+
+
+def test_environment_check_rejects_diamond() -> None:
+    out = A.augment_frame(pd.DataFrame([diamond_row()]), small(check="env"))
+    assert len(out) == 1 and not out["valid_xtal"].iloc[0]
+    assert "CN 4, expected 3" in out["error"].iloc[0]
+
+
+def _table_bytes(run: Run) -> list[str]:
+    files = sorted(run.table_path(A.TABLE).glob("part-*.parquet"))
+    return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+
+
+def test_same_seed_same_bytes_any_workers_or_partitions(train: pd.DataFrame,
+                                                        tmp_path: Path) -> None:
+    p = small(seed=11, tries=2)
+    digests = []
+    for k, (rows_per_part, workers) in enumerate([(100, 1), (1, 3)]):
+        run = Run(tmp_path / f"r{k}")
+        run.write_frame_table("ingested", train, rows_per_part=rows_per_part)
+        with dask.config.set(scheduler="threads", num_workers=workers):
+            A.augment(run, p)
+        digests.append(_table_bytes(run))
+    assert digests[0] == digests[1] and len(digests[0]) == len(train)
+    other = A.augment_frame(train.head(1), small(seed=12, tries=2))
+    same = A.augment_frame(train.head(1), p)
+    assert not other[["x0", "y0", "z0"]].equals(same[["x0", "y0", "z0"]])
+
+
+def test_failures_are_recorded_and_others_go_on(train: pd.DataFrame,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    bad, slow = train["id"].iloc[0], train["id"].iloc[1]
+    key = [(int(r["spg"]), int(r["natoms"])) for _, r in train.iterrows()]
+    original = pyxtal.subgroup_once
+
+    def flaky(self, *args, **kwargs):
+        me = (self.group.number, sum(self.numIons))
+        if me == key[0]:
+            raise RuntimeError("pyxtal broke")
+        if me == key[1]:
+            while True:       # a search that never ends
+                time.sleep(0.01)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pyxtal, "subgroup_once", flaky)
+    odd = train.iloc[[2]].assign(id="odd", spg=999)
+    out = A.augment_frame(pd.concat([train, odd]), small(timeout=3.0, tries=2))
+    by = out.groupby("parent_id")
+    # a raise inside a try is a failed try, recorded on the rows; the parent's own
+    # representation remains
+    broken = by.get_group(bad)
+    assert broken["valid_xtal"].all() and (broken[A.PATH] == broken[A.PATH].iloc[0]).all()
+    assert broken[A.ERRORS].str.contains("4 subgroup tries raised.*pyxtal broke").all()
+    hung = by.get_group(slow)
+    assert len(hung) == 1 and "time-out" in hung["error"].iloc[0]
+    odd_row = by.get_group("odd")
+    assert not odd_row["valid_xtal"].iloc[0] and "space group" in odd_row["error"].iloc[0]
+    third = by.get_group(train["id"].iloc[2])
+    assert third["valid_xtal"].all() and third[A.PATH].str.contains(">").any()
+
+
+def test_timeout_leaves_no_pending_exception() -> None:
+    assert A.call_with_timeout(lambda: 5, 0.05) == 5
+    time.sleep(0.3)       # the watchdog must not fire after the call returned
+    with pytest.raises(A.AugmentTimeout):
+        A.call_with_timeout(lambda: time.sleep(5), 0.2)
+
+
+def test_symmetry_key_and_presets() -> None:
+    df = pd.DataFrame([diamond_row(), {**diamond_row(), "spg": 166, "wp0": 3, "wp1": -1}])
+    assert A.symmetry_key(df).tolist() == ["227 8a", "166 9e"]
+    assert set(A.PRESETS) == {"v1", "v2", "v3", "2m"}
+    sizes = [A.preset(k).max_per_structure for k in ("v1", "v2", "v3", "2m")]
+    assert sizes == sorted(sizes)
+    assert A.preset("v1", seed=5, eps=None).seed == 5
