@@ -11,10 +11,13 @@ Two sources of rows (paper section III-A, Supplement S4-B/C; METHOD.md section 2
   of its orbit, so one representation gives several rows.
 
 The stage runs one task per training structure.  Every random choice of a task
-(pyxtal's subgroup choices, the swaps, the tiny distortion) comes from one numpy
-generator seeded by ``(run seed, hash of the structure id)``, so that a table does
-not depend on how many workers or partitions computed it.  A structure whose
-subgroup search raises or runs past its time-out gives one row with
+(pyxtal's subgroup choices, the swaps, the tiny distortion) comes from numpy
+generators seeded by ``(run seed, hash of the structure id, stream)``, so that a
+table does not depend on how many workers or partitions computed it.  pyxtal's own
+perturbation draws from numpy's global generator, so it is switched off
+(``eps=0``) and the distortion is applied here, within each Wyckoff position.
+A subgroup try that raises is a failed try, counted in ``augment_errors``; a
+structure that fails as a whole or runs past its time-out gives one row with
 ``valid_xtal`` false and the reason in ``error``; the stage goes on.
 """
 
@@ -25,6 +28,7 @@ import ctypes
 import dataclasses
 import hashlib
 import itertools
+import json
 import logging
 import math
 import threading
@@ -87,16 +91,21 @@ PRESETS: dict[str, dict[str, Any]] = {
     "v1": dict(max_per_structure=500, max_per_subgroup=100, max_per_parent=300),
     "v2": dict(max_per_structure=1000, max_per_subgroup=200, max_per_parent=600),
     "v3": dict(max_per_structure=2000, max_per_subgroup=400, max_per_parent=1200),
-    "2m": dict(max_per_structure=16000, max_per_subgroup=1600, max_per_parent=4800,
-               tries=40, depth=2),
+    "2m": dict(max_per_structure=24000, max_per_subgroup=2400, max_per_parent=7200,
+               tries=60, depth=2),
 }
 
 
 def preset(name: str, **overrides: Any) -> Params:
-    """``Params`` of a preset, with ``overrides`` (``None`` values ignored)."""
+    """``Params`` of a preset, with ``overrides`` (``None`` values ignored).  A new
+    ``max_per_subgroup`` without ``max_per_parent`` sets the latter to 3 x it, the
+    reference's ratio."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: one of {sorted(PRESETS)}")
-    return Params(**{**PRESETS[name], **{k: v for k, v in overrides.items() if v is not None}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if "max_per_subgroup" in given and "max_per_parent" not in given:
+        given["max_per_parent"] = 3 * given["max_per_subgroup"]
+    return Params(**{**PRESETS[name], **given})
 
 
 # ---------------------------------------------------------------------------
@@ -121,7 +130,7 @@ def task_rng(seed: int, structure_id: str, stream: int) -> np.random.Generator:
 def symmetry_key(df: pd.DataFrame) -> pd.Series:
     """Each row's symmetry as in the paper's Table I: space group and the sorted
     Wyckoff labels of its sites, e.g. ``"227 8a"`` or ``"216 4a 4d"``."""
-    wp = np.sort(df[S.WP].to_numpy(dtype=float), axis=1)
+    wp = np.sort(df.reindex(columns=S.WP, fill_value=-1).to_numpy(dtype=float), axis=1)
     wp = np.where(np.isnan(wp), -1, wp).astype(int)
     spg = df["spg"].to_numpy(dtype=int)
     combos, inverse = np.unique(np.column_stack([spg, wp]), axis=0, return_inverse=True)
@@ -148,7 +157,8 @@ def call_with_timeout(fn: Callable[[], T], seconds: float) -> T:
     A watchdog thread raises the exception asynchronously inside the running
     Python code (pyxtal's subgroup search is Python), and again every 0.2 s, as
     code under a bare ``except`` may swallow it.  Works in dask worker threads,
-    where signals cannot be used.
+    where signals cannot be used; a single long call into C is not interrupted
+    (the exception arrives when it returns).
     """
     tid = threading.get_ident()
     done = threading.Event()
@@ -318,7 +328,7 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
     if reason:
         raise codec.DecodeError(f"parent rejected: {reason}")
     kept = [first]
-    n_rows = emit(first, p.max_per_parent)
+    n_rows = emit(first, min(p.max_per_parent, p.max_per_structure))
     for gtype in ("t", "k"):
         for _ in range(p.tries):
             if n_rows >= p.max_per_structure:
@@ -353,27 +363,30 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
 
 
 def augment_structure(row: Mapping[str, Any], p: Params,
-                      check: Callable[[codec.Decoded], str | None]) -> list[dict[str, Any]]:
-    """All augmented rows of one training structure (raises on failure)."""
+                      check: Callable[[codec.Decoded], str | None]) -> pd.DataFrame:
+    """All augmented rows of one training structure (raises on failure).  Rows are
+    gathered as one frame per representation, which keeps a task's memory small."""
     pid = str(row["id"])
     swaps = task_rng(p.seed, pid, SWAPS)
     extra = {"parent_id": pid, "source": row.get("source")}
-    out: list[dict[str, Any]] = []
+    chunks: list[pd.DataFrame] = []
+    n_out = 0
 
     def emit(rep: Rep, n_max: int) -> int:
+        nonlocal n_out
         xtal = rep.pyxtal()
-        n0 = len(out)
-        for choice in orbit_choices(rep.dec, n_max, swaps):
-            out.append(codec.pyxtal_to_row(xtal, ids=list(choice), id=f"{pid}-{len(out):05d}",
-                                           **extra, **{PATH: rep.path}))
-        return len(out) - n0
+        recs = [codec.pyxtal_to_row(xtal, ids=list(choice), id=f"{pid}-{n_out + k:05d}",
+                                    **extra, **{PATH: rep.path})
+                for k, choice in enumerate(orbit_choices(rep.dec, n_max, swaps))]
+        chunks.append(S.conform(pd.DataFrame.from_records(recs), EXTRA))
+        n_out += len(recs)
+        return len(recs)
 
     errors = representations(codec.decode_row(row), p, task_rng(p.seed, pid, SEARCH),
                              task_rng(p.seed, pid, DISTORT), check, emit)
+    out = pd.concat(chunks, ignore_index=True)
     if errors:
-        note = f"{len(errors)} subgroup tries raised; first: {errors[0]}"
-        for rec in out:
-            rec[ERRORS] = note
+        out[ERRORS] = f"{len(errors)} subgroup tries raised; first: {errors[0]}"
     return out
 
 
@@ -410,18 +423,18 @@ def augment_frame(df: pd.DataFrame, p: Params) -> pd.DataFrame:
     """The kernel: augmented rows of every training structure of a partition, in
     the partition's order.  Failures and time-outs give one recorded row each."""
     check = make_checker(p)
-    out: list[dict[str, Any]] = []
+    frames = [meta()]
     for row in training_rows(df).to_dict("records"):
         start = time.perf_counter()
         try:
             rows = call_with_timeout(lambda: augment_structure(row, p, check), p.timeout)
         except Exception as exc:  # any failure is recorded, never raised
-            rows = [failure_row(row, f"{type(exc).__name__}: {exc}")]
+            rows = S.conform(pd.DataFrame([failure_row(row, f"{type(exc).__name__}: {exc}")]),
+                             EXTRA)
         log.debug("augmented %s: %d rows in %.2f s", row.get("id"), len(rows),
                   time.perf_counter() - start)
-        out.extend(rows)
-    frame = pd.DataFrame.from_records(out) if out else meta()
-    return S.conform(frame, EXTRA)[list(meta().columns)]
+        frames.append(rows[list(frames[0].columns)])
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def _slice_frame(df: pd.DataFrame, start: int, stop: int, p: Params) -> pd.DataFrame:
@@ -434,12 +447,16 @@ def augment(run: Run, p: Params, per_task: int = 1) -> StageResult:
     than a few structures' rows and the table is the same for any worker count."""
     from .cluster import compute
 
+    params = json.loads(json.dumps(dataclasses.asdict(p)))
+    old = run.info(TABLE).get("params")
+    if old is not None and old != params:
+        raise ValueError(f"{run.table_path(TABLE)} was made with other parameters "
+                         f"({old}); delete it to augment again")
     parts = run.read(SOURCE_TABLE).to_delayed()
     sizes = compute([dask.delayed(len)(part) for part in parts], desc="sizes")
     tasks = [dask.delayed(_slice_frame)(part, i, i + per_task, p)
              for part, n in zip(parts, sizes) for i in range(0, n, per_task)]
-    return run.write(TABLE, tasks, meta(), desc="augment", source=SOURCE_TABLE,
-                     params=dataclasses.asdict(p))
+    return run.write(TABLE, tasks, meta(), desc="augment", source=SOURCE_TABLE, params=params)
 
 
 # ---------------------------------------------------------------------------
@@ -453,8 +470,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None, help="run seed (default 0)")
     parser.add_argument("--max-per-subgroup", type=int, default=None,
                         help="rows (orbit swaps) per subgroup representation")
+    parser.add_argument("--max-per-parent", type=int, default=None,
+                        help="rows (orbit swaps) of the structure's own representation "
+                             "(default 3 x --max-per-subgroup)")
     parser.add_argument("--max-per-structure", type=int, default=None,
                         help="stop trying subgroups of a structure at this many rows")
+    parser.add_argument("--tries", type=int, default=None,
+                        help="subgroup_once tries per group type, t and k (default 20)")
     parser.add_argument("--eps", type=float, default=None,
                         help="random distortion in Å (default 0.001)")
     parser.add_argument("--timeout", type=float, default=None,
@@ -470,7 +492,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     p = preset(args.preset, seed=args.seed, max_per_subgroup=args.max_per_subgroup,
-               max_per_structure=args.max_per_structure, eps=args.eps,
+               max_per_parent=args.max_per_parent,
+               max_per_structure=args.max_per_structure, tries=args.tries, eps=args.eps,
                timeout=args.timeout, check=args.check, environment=args.environment)
     result = augment(Run(args.run), p, per_task=args.per_task)
     print(result)

@@ -34,6 +34,8 @@ import pandas as pd
 from . import fingerprint as F
 from . import schema as S
 from .cluster import compute
+from .query import sql_list
+from .query import table_files as table_files_of
 from .store import Run, StageResult, arrow_schema, write_frame
 
 log = logging.getLogger("legodask")
@@ -72,15 +74,16 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
     compared with the new crystals of earlier rows of the batch.
     """
     buckets: dict[str, list[tuple[int, str, str, bool]]] = defaultdict(list)
-    for s in seen.itertuples(index=False):
-        buckets[s.fingerprint].append((int(s.fp_vbin), s.fp_data, s.first_id, bool(s.own)))
+    cols = [S.FINGERPRINT, F.FP_VBIN, F.FP_DATA, FIRST_ID, "own"]
+    for key, vbin, data, first, own in seen[cols].itertuples(index=False, name=None):
+        buckets[key].append((int(vbin), data, first, bool(own)))
     marks: list[tuple[bool, str | None, str | None]] = []    # is_new, first_id, fp_data
     for row in batch.itertuples(index=False):
         key = getattr(row, S.FINGERPRINT)
         if key is None or pd.isna(key):
             marks.append((False, None, None))
             continue
-        vbin, mine = int(row.fp_vbin), row.fp_data
+        vbin, mine = int(getattr(row, F.FP_VBIN)), getattr(row, F.FP_DATA)
         cands = [c for c in buckets[key] if abs(c[0] - vbin) <= 1]
         match = next((c for c in cands
                       if F.same_structure(c[1], mine, matcher, env_tol, vol_tol)), None)
@@ -106,19 +109,14 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
 
 def table_files(path: str | Path, table: str = TABLE) -> list[Path]:
     """Part files of a fingerprints table given as a run directory (its ``table``)
-    or as the table's own directory."""
+    or as the table's own directory (``RUN/<name>.parquet``)."""
     p = Path(path)
-    direct = sorted(p.glob("part-*.parquet"))
-    if direct:
-        return direct
-    files = sorted(Run(p).table_path(table).glob("part-*.parquet")) if p.is_dir() else []
+    if p.suffix == ".parquet":
+        p, table = p.parent, p.stem
+    files = table_files_of(Run(p), table) if p.is_dir() else []
     if not files:
-        raise FileNotFoundError(f"no fingerprints table at {p} (run `legodask dedup` there)")
+        raise FileNotFoundError(f"no {table} table at {path} (run `legodask dedup` there)")
     return files
-
-
-def _sql_files(files: Sequence[Path]) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
 def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],
@@ -137,7 +135,7 @@ def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],
         frames.append(con.execute(f"""
             SELECT s.id, s.{S.FINGERPRINT}, s.{F.FP_VBIN}, s.{F.FP_DATA}, s.{FIRST_ID},
                    {bool(own)} AS own
-            FROM read_parquet({_sql_files(files)}, filename=true, file_row_number=true) s
+            FROM read_parquet({sql_list(files)}, filename=true, file_row_number=true) s
             WHERE s.{F.FP_DATA} IS NOT NULL AND EXISTS (
                 SELECT 1 FROM batch_keys b WHERE b.{S.FINGERPRINT} = s.{S.FINGERPRINT}
                 AND abs(b.{F.FP_VBIN} - s.{F.FP_VBIN}) <= 1)
@@ -147,25 +145,31 @@ def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],
 
 
 def overlap(a_files: Sequence[Path], b_files: Sequence[Path], matcher: str = "env",
-            env_tol: float = F.ENV_TOL, vol_tol: float = F.VOL_TOL,
+            env_tol: float = F.ENV_TOL, vol_tol: float = F.VOL_TOL, scale: bool = True,
             chunk: int = 100_000) -> int:
     """How many crystals of table A are also in table B (Table III): the join of
-    their unique rows on the key, confirmed pair by pair, streamed in chunks."""
+    their unique rows on the key, confirmed pair by pair, streamed in chunks.
+
+    ``scale`` (default): shapes are compared at equal volume, since two tables may
+    hold geometries relaxed by different models (the training set's DFT cells
+    against ReaxFF- or MACE-relaxed ones); the volume bins are then not joined on.
+    """
     import duckdb
 
     if not a_files or not b_files:
         return 0
-    con = duckdb.connect()
-    res = con.execute(f"""
+    vbin = "" if scale else f"AND abs(a.{F.FP_VBIN} - b.{F.FP_VBIN}) <= 1"
+    res = duckdb.connect().execute(f"""
         SELECT a.{FIRST_ID}, a.{F.FP_DATA}, b.{F.FP_DATA}
-        FROM read_parquet({_sql_files(a_files)}) a
-        JOIN read_parquet({_sql_files(b_files)}) b
-          ON a.{S.FINGERPRINT} = b.{S.FINGERPRINT} AND abs(a.{F.FP_VBIN} - b.{F.FP_VBIN}) <= 1
+        FROM read_parquet({sql_list(a_files)}) a
+        JOIN read_parquet({sql_list(b_files)}) b
+          ON a.{S.FINGERPRINT} = b.{S.FINGERPRINT} {vbin}
         WHERE a.{F.FP_DATA} IS NOT NULL AND b.{F.FP_DATA} IS NOT NULL""")
     found: set[str] = set()
     while rows := res.fetchmany(chunk):
         for first, da, db in rows:
-            if first not in found and F.same_structure(da, db, matcher, env_tol, vol_tol):
+            if first not in found and F.same_structure(da, db, matcher, env_tol, vol_tol,
+                                                       scale):
                 found.add(first)
     return len(found)
 
@@ -185,7 +189,6 @@ def dedup(run: Run, input: str = "ranked", output: str = TABLE,
     if matcher not in F.MATCHERS:
         raise ValueError(f"matcher must be one of {F.MATCHERS}, not {matcher!r}")
     parts = run.read(input).to_delayed()
-    schema = arrow_schema(empty())
     run.table_path(output).mkdir(parents=True, exist_ok=True)
     done = run.done_parts(output)
     todo = [i for i in range(len(parts)) if i not in done]
@@ -196,16 +199,26 @@ def dedup(run: Run, input: str = "ranked", output: str = TABLE,
         tasks = [dask.delayed(fingerprint_part)(parts[i], f"{input}-{i}", geometry, symprec,
                                                 list(require)) for i in chunk]
         for i, batch in zip(chunk, compute(tasks, desc=f"{output} fingerprints")):
-            own = [p for p in map(lambda j: run.part_path(output, j), range(i)) if p.exists()]
-            seen = seen_candidates(con, [*others, (own, True)], batch)
-            out = assign(batch, seen, matcher, env_tol, vol_tol)
-            rows += write_frame(out, run.part_path(output, i), schema)
-            log.info("%s part %d: %d rows, %d new", output, i, len(out), int(out[IS_NEW].sum()))
+            rows += join_batch(run, output, i, batch, others, con, matcher, env_tol, vol_tol)
     run.mark_complete(output, len(parts), source=input, against=[str(a) for a in against],
                       geometry=geometry, matcher=matcher, symprec=symprec)
     result = StageResult(output, len(todo), len(done), rows)
     log.info("%s", result)
     return result
+
+
+def join_batch(run: Run, output: str, i: int, batch: pd.DataFrame,
+               others: Sequence[tuple[Sequence[Path], bool]], con: Any,
+               matcher: str = "env", env_tol: float = F.ENV_TOL,
+               vol_tol: float = F.VOL_TOL) -> int:
+    """Join fingerprinted batch ``i`` against the ``others`` tables and this run's
+    parts before ``i``, and write part ``i`` of ``output``; return its rows."""
+    own = [run.part_path(output, j) for j in sorted(run.done_parts(output)) if j < i]
+    seen = seen_candidates(con, [*others, (own, True)], batch)
+    out = assign(batch, seen, matcher, env_tol, vol_tol)
+    n = write_frame(out, run.part_path(output, i), arrow_schema(empty()))
+    log.info("%s part %d: %d rows, %d new", output, i, n, int(out[IS_NEW].sum()))
+    return n
 
 
 def _batched(items: Sequence[int], n: int) -> Iterator[Sequence[int]]:
@@ -223,8 +236,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", help="table to dedup (default: ranked, else prerelaxed)")
     p.add_argument("--output", default=TABLE, help="fingerprints table to write or extend")
     p.add_argument("--against", action="append", default=[],
-                   help="another run directory or fingerprints table whose crystals count "
-                        "as already seen (repeatable)")
+                   help="other run directories or fingerprints tables (comma-separated, "
+                        "repeatable) whose crystals count as already seen")
     p.add_argument("--geometry", help="fingerprint the relaxed_<MODEL> geometry "
                    "(default: the row's own)")
     p.add_argument("--symprec", type=float, default=F.SYMPREC, help="spglib tolerance (Å)")
@@ -241,7 +254,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     run = Run(args.run)
-    result = dedup(run, args.input or default_input(run), args.output, args.against,
+    against = [a for arg in args.against for a in arg.split(",") if a]
+    result = dedup(run, args.input or default_input(run), args.output, against,
                    args.geometry, args.symprec, args.matcher, args.env_tol, args.vol_tol,
                    [c for c in args.require.split(",") if c], args.window)
     print(result)

@@ -15,10 +15,9 @@ pyxtal's own (``SO3.compute_p``).  Conventions that differ from pyxtal, on purpo
 
 * real spherical harmonics instead of complex ones: P sums |c|^2 over m within an
   l, which is invariant under that unitary change of basis, so P is identical;
-* every periodic image within ``rcut`` is a neighbour.  ``SO3.compute_p(atoms,
-  atom_ids)`` (what pyxtal's builder calls) only looks at the 27 nearest cells,
-  so it misses neighbours in cells thinner than ``rcut``; there we equal
-  ``SO3.compute_p(atoms)`` (ASE's complete neighbour list) instead.
+* every periodic image within ``rcut`` is a neighbour.  ``SO3.compute_p`` only
+  looks at the 27 nearest cells, so it misses neighbours in cells thinner than
+  ``rcut``; there we equal pyxtal's numbers on a 3x3x3 supercell instead.
 
 Two implementations: ``power_spectrum`` (NumPy, one structure, for checks and the
 reference) and ``SO3Torch`` (float64 torch on CPU or GPU, any number of structures
@@ -28,6 +27,7 @@ constants (``radial_table``) and the same spherical harmonics (``real_sph``).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -180,34 +180,46 @@ def _contract(pnnl: Any, nmax: int) -> Any:
 # torch: many structures, differentiable
 # ---------------------------------------------------------------------------
 
+_SERIES_TERMS = 14
+
+
+@functools.lru_cache(maxsize=None)
+def _series_coefficients(lmax: int) -> np.ndarray:
+    """(K, L): i_l(x) = x^l sum_k coef[k, l] (x^2 / 2)^k."""
+    coef = np.zeros((_SERIES_TERMS, lmax + 1))
+    for l in range(lmax + 1):
+        c = 1.0 / float(np.prod(np.arange(1, 2 * l + 2, 2)))
+        for k in range(_SERIES_TERMS):
+            if k:
+                c /= k * (2 * l + 2 * k + 1)
+            coef[k, l] = c
+    return coef
+
+
 def _spherical_in_torch(lmax: int, x: Any) -> Any:
     """Modified spherical Bessel functions i_0..i_lmax of ``x >= 0``: (..., lmax+1).
 
-    A power series below x = 2 (where the closed forms cancel badly) and the
-    closed forms in sinh/cosh above; both branches see only safe arguments so that
-    autograd gets no NaN from the branch not taken.
+    The power series below x = 2 (where the closed forms cancel badly; 14 terms
+    reach double precision there) and the closed forms in sinh/cosh with upward
+    recurrence above; each branch sees only safe arguments so that autograd gets
+    no NaN from the branch not taken.
     """
     import torch
 
-    small = x < 2.0
-    xs = torch.where(small, x, torch.zeros_like(x))
-    xl = torch.where(small, torch.full_like(x, 2.0), x)
-    # series: i_l = x^l / (2l+1)!! sum_k (x^2/2)^k / (k! (2l+3)(2l+5)...(2l+2k+1))
-    h = xs * xs / 2
-    series = []
-    for l in range(lmax + 1):
-        term = xs ** l / float(np.prod(np.arange(1, 2 * l + 2, 2)))
-        total = term
-        for k in range(1, 16):
-            term = term * h / (k * (2 * l + 2 * k + 1))
-            total = total + term
-        series.append(total)
-    # closed forms by upward recurrence i_{l+1} = i_{l-1} - (2l+1)/x i_l (stable for x >= 2)
+    small = (x < 2.0)[..., None]
+    xs = torch.where(small[..., 0], x, torch.zeros_like(x))
+    xl = torch.where(small[..., 0], torch.full_like(x, 2.0), x)
+    coef = torch.as_tensor(_series_coefficients(lmax), dtype=x.dtype, device=x.device)
+    h = (xs * xs / 2)[..., None].expand(*x.shape, _SERIES_TERMS - 1)
+    hk = torch.cat([torch.ones_like(h[..., :1]), torch.cumprod(h, -1)], -1)
+    xp = xs[..., None].expand(*x.shape, lmax)
+    xl_pow = torch.cat([torch.ones_like(xp[..., :1]), torch.cumprod(xp, -1)], -1)
+    series = (hk @ coef) * xl_pow
     sh, ch = torch.sinh(xl), torch.cosh(xl)
-    closed = [sh / xl, (xl * ch - sh) / xl ** 2]
+    closed = [sh / xl, (xl * ch - sh) / (xl * xl)]
     for l in range(1, lmax):
         closed.append(closed[l - 1] - (2 * l + 1) / xl * closed[l])
-    return torch.stack([torch.where(small, s, c) for s, c in zip(series, closed[:lmax + 1])], -1)
+    return torch.where(small, series, torch.stack(closed[:lmax + 1], -1))
 
 
 class SO3Torch:

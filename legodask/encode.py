@@ -208,7 +208,7 @@ class Encoder:
             else:
                 df[S.EL[k]] = df[S.EL[k]].where(used & (df[S.EL[k]] != _PAD), None)
             for c in S.XYZ[k]:
-                df[c] = df[c].where(used)
+                df[c] = (df[c] % 1.0).where(used)   # fractional coordinates are periodic
         return S.conform(df)
 
     # -- persistence ---------------------------------------------------------
@@ -286,8 +286,8 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 # the stage: RUN/features.zarr
 # ---------------------------------------------------------------------------
 
-def _valid(p: pd.DataFrame) -> pd.DataFrame:
-    """Rows a model learns from: the valid crystals of a partition."""
+def valid_rows(p: pd.DataFrame) -> pd.DataFrame:
+    """The valid crystals of a partition: what a model learns from and is judged by."""
     return p[p["valid_xtal"].astype(bool)] if "valid_xtal" in p.columns else p
 
 
@@ -298,7 +298,7 @@ def encode_stage(run: Run, mode: str, input: str = "augmented", chunk_rows: int 
     source table in the array's attributes)."""
     import zarr
 
-    ddf = run.read(input).map_partitions(_valid)
+    ddf = run.read(input).map_partitions(valid_rows)
     enc = fit(ddf, mode, max_modes=max_modes, fit_rows=fit_rows, seed=seed)
     parts = ddf.to_delayed()
     lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])

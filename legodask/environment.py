@@ -90,21 +90,21 @@ def bonds(atoms: Atoms, env: Environment) -> tuple[np.ndarray, np.ndarray, np.nd
 def check_atoms(atoms: Atoms, env: Environment) -> tuple[bool, str | None]:
     """Whether every atom has its environment; ``(False, reason)`` for the first failure.
 
-    Checks in order: elements known, coordination number per element, forbidden
-    pairs, bond-length window, bond-angle window, planarity (3-coordinated atoms).
+    Checks in order: elements known, forbidden pairs, coordination number per
+    element, bond-length window, bond-angle window, planarity (3-coordinated atoms).
     """
     symbols = atoms.get_chemical_symbols()
     unknown = sorted(set(symbols) - set(env.cn))
     if unknown:
         return False, f"element(s) {unknown} not in environment {env.name!r}"
     i, j, D = bonds(atoms, env)
+    for a, b in zip(i, j):
+        if env.is_forbidden(symbols[a], symbols[b]):
+            return False, f"forbidden {symbols[a]}-{symbols[b]} bond between atoms {a} and {b}"
     counts = np.bincount(i, minlength=len(atoms))
     for a, sym in enumerate(symbols):
         if counts[a] != env.cn[sym]:
             return False, f"atom {a} ({sym}) has CN {counts[a]}, expected {env.cn[sym]}"
-    for a, b in zip(i, j):
-        if env.is_forbidden(symbols[a], symbols[b]):
-            return False, f"forbidden {symbols[a]}-{symbols[b]} bond between atoms {a} and {b}"
     d = np.linalg.norm(D, axis=1)
     if env.bond_length is not None and len(d):
         lo, hi = env.bond_length

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -135,15 +134,22 @@ def _environments(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
 # ---------------------------------------------------------------------------
 
 def same_structure(a: str, b: str, matcher: str = "pymatgen", env_tol: float = ENV_TOL,
-                   vol_tol: float = VOL_TOL) -> bool:
+                   vol_tol: float = VOL_TOL, scale: bool = False) -> bool:
     """Whether two ``fp_data`` of one bucket are the same crystal: environments and
-    volume within tolerance, then (``matcher='pymatgen'``) StructureMatcher."""
+    volume within tolerance, then (``matcher='pymatgen'``) StructureMatcher.
+
+    ``scale``: compare shapes only, ``b`` rescaled to ``a``'s volume, for crystals
+    relaxed by different models (DFT training geometry against ReaxFF or MACE).
+    """
     if matcher not in MATCHERS:
         raise ValueError(f"matcher must be one of {MATCHERS}, not {matcher!r}")
     da, db = _parsed(a), _parsed(b)
-    if abs(da["vpa"] - db["vpa"]) > vol_tol * max(da["vpa"], db["vpa"]):
+    eb = db["env"]
+    if scale:
+        eb = np.concatenate([eb[:, :2], eb[:, 2:] * (da["vpa"] / db["vpa"]) ** (1 / 3)], 1)
+    elif abs(da["vpa"] - db["vpa"]) > vol_tol * max(da["vpa"], db["vpa"]):
         return False
-    if not _environments_match(da["env"], db["env"], env_tol):
+    if not _environments_match(da["env"], eb, env_tol):
         return False
     if matcher == "env":
         return True
@@ -159,6 +165,9 @@ def _environments_match(ea: np.ndarray, eb: np.ndarray, tol: float) -> bool:
 
     if ea.shape != eb.shape:
         return False
+    if (np.array_equal(ea[:, :2], eb[:, :2])
+            and np.max(np.abs(ea[:, 2:] - eb[:, 2:]), initial=0.0) <= tol):
+        return True                       # the same order: no matching needed
     ok = (np.all(ea[:, None, :2] == eb[None, :, :2], axis=-1)
           & (np.max(np.abs(ea[:, None, 2:] - eb[None, :, 2:]), axis=-1) <= tol))
     if not ok.any(axis=1).all() or not ok.any(axis=0).all():
@@ -189,45 +198,18 @@ def _structure_matcher() -> Any:
     return StructureMatcher()
 
 
-def data_to_atoms(data: str) -> Atoms:
-    """The standardised primitive cell stored in ``fp_data``."""
-    d = _parsed(data)
-    return Atoms(numbers=d["numbers"], scaled_positions=d["frac"], cell=d["lattice"], pbc=True)
-
-
 # ---------------------------------------------------------------------------
 # rows -> crystals -> fingerprints
 # ---------------------------------------------------------------------------
 
-def geometry_to_atoms(value: Any) -> Atoms:
-    """A stored geometry (``relaxed_<model>``) as Atoms: a JSON table row, a JSON
-    object with ``numbers``/``cell`` and ``positions`` or ``scaled_positions``, or
-    extended XYZ text."""
-    if isinstance(value, bytes):
-        value = value.decode()
-    if isinstance(value, str) and value.lstrip().startswith("{"):
-        value = json.loads(value)
-    if isinstance(value, Mapping):
-        if "cell" in value and "numbers" in value:
-            pos = ({"scaled_positions": value["scaled_positions"]}
-                   if "scaled_positions" in value else {"positions": value["positions"]})
-            return Atoms(numbers=value["numbers"], cell=value["cell"], pbc=True, **pos)
-        return codec.row_to_atoms(value)
-    if isinstance(value, str):
-        from ase.io import read
-
-        return read(io.StringIO(value), format="extxyz")
-    raise FingerprintError(f"cannot read a geometry from {type(value).__name__}")
-
-
 def row_atoms(row: Mapping[str, Any], geometry: str | None = None) -> Atoms:
-    """The crystal of a row: its ``relaxed_<geometry>`` column when given and
-    filled, else the row's own tabular form."""
-    if geometry:
-        value = row.get(f"relaxed_{geometry}")
-        if value is not None and not (isinstance(value, float) and math.isnan(value)):
-            return geometry_to_atoms(value)
-    return codec.row_to_atoms(row)
+    """The crystal of a row: its ``relaxed_<geometry>`` column (the rank stage's
+    extended-XYZ text) when given and filled, else the row's own tabular form."""
+    if geometry and filled(row.get(f"relaxed_{geometry}")):
+        from .energy.relax import text_to_atoms
+
+        return text_to_atoms(row[f"relaxed_{geometry}"])
+    return codec.row_to_atoms(row, check_distances=False)
 
 
 def fingerprint_frame(df: pd.DataFrame, geometry: str | None = None,
@@ -263,5 +245,10 @@ def fingerprint_frame(df: pd.DataFrame, geometry: str | None = None,
     return res
 
 
+def filled(v: Any) -> bool:
+    """Whether a cell of a table holds a value (not None, NaN or NA)."""
+    return v is not None and not (np.ndim(v) == 0 and pd.isna(v))
+
+
 def _true(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and math.isnan(v)) and bool(v)
+    return filled(v) and bool(v)

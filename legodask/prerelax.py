@@ -13,9 +13,10 @@ torch autograd):
 
 * ``relax_scipy``: one crystal, scipy L-BFGS-B (optionally after a short
   Nelder-Mead start, and followed by basin hopping for hard cases);
-* ``relax_batch``: many crystals at once, FIRE with per-structure time step,
-  step-length clipping, convergence and early exit (TorchSim style: the state is
-  a dataclass, the optimiser a function over it), on CPU or GPU.
+* ``relax_batch``: many crystals at once, L-BFGS with per-structure memory,
+  trust radius (step-length control), convergence and early exit (TorchSim
+  style: the state is a dataclass, the optimiser a function over it), on CPU or
+  GPU.
 
 Bounds: cell lengths 1.5-50 Å, angles 30-150°.  Fractional coordinates are left
 unbounded (the objective is periodic in them; the written row wraps them into
@@ -74,11 +75,15 @@ class Options:
 
     maxiter: int = 600          # L-BFGS-B iterations (the reference: 400 + 200)
     nelder_mead: int = 0        # derivative-free iterations before L-BFGS-B
-    hops: int = 0               # basin-hopping restarts when the loss stays high
-    steps: int = 1000           # FIRE steps (batched path)
+    hops: int = 0               # basin-hopping restarts while the loss stays high
+    steps: int = 600            # batched L-BFGS steps
     fmax: float = 1e-4          # converged: largest scaled gradient component
     loss_tol: float = 1e-8      # converged: loss below this
-    max_step: float = 0.2       # FIRE: largest step per structure (scaled, ~Å)
+    ftol: float = 1e-8          # converged when a step gains less than this (absolute)
+    patience: int = 30          # batched: converged when the loss gains less than
+    #                             max(1e-4 loss, patience x ftol) in so many steps
+    hop_above: float = 1e-3     # basin hopping only while the loss is above this
+    max_step: float = 0.2       # batched: largest step per structure (scaled, ~Å)
     budget: float = 60.0        # seconds per structure (per batch on the batched path)
     batch_size: int = 256
     seed: int = 0
@@ -398,7 +403,13 @@ def update_pairs(b: Batch, cart: Any, cell: Any) -> None:
         cart_np, cell_np = cart.detach().cpu().numpy(), cell.detach().cpu().numpy()
         for k in todo:
             b.pairs[k] = _structure_pairs(b, int(k), cart_np, cell_np[k])
-        b.built_cart, b.built_cell = cart.detach().clone(), cell.detach().clone()
+        if b.built_cart is None:
+            b.built_cart, b.built_cell = cart.detach().clone(), cell.detach().clone()
+        else:  # only the rebuilt structures get a new reference geometry
+            redo = torch.zeros(b.n, dtype=torch.bool, device=cart.device)
+            redo[torch.as_tensor(todo, device=cart.device)] = True
+            b.built_cart = torch.where(redo[b.atom_struct][:, None], cart.detach(), b.built_cart)
+            b.built_cell = torch.where(redo[:, None, None], cell.detach(), b.built_cell)
         dev = b.x.device
         cols = [np.concatenate(c) for c in zip(*b.pairs)]
         b.pair_tensors = (
@@ -490,15 +501,15 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
                            options={"maxiter": opts.nelder_mead})
             y, nit = res.x, nit + res.nit
         res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
-                       options={"maxiter": opts.maxiter, "ftol": 1e-14, "gtol": opts.fmax})
+                       options={"maxiter": opts.maxiter, "ftol": opts.ftol, "gtol": opts.fmax})
         nit += res.nit
         for _ in range(opts.hops):
-            if best["loss"] < 1e-3:
+            if best["loss"] < opts.hop_above:
                 break
             y = best["x"] / unit + rng.normal(0, 0.3, len(y))
             y = np.clip(y, lo / unit, hi / unit)
             res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
-                           options={"maxiter": opts.maxiter, "ftol": 1e-14, "gtol": opts.fmax})
+                           options={"maxiter": opts.maxiter, "ftol": opts.ftol, "gtol": opts.fmax})
             nit += res.nit
     except BudgetExceeded as exc:
         error = str(exc)
@@ -513,80 +524,170 @@ def _segment_sum(values: Any, owner: Any, n: int) -> Any:
     return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, owner, values)
 
 
-def relax_batch(b: Batch, opts: Options = Options()) -> list[Outcome]:
-    """FIRE on every structure of a batch at once, in scaled variables.
+@dataclass
+class LbfgsState:
+    """The batched optimiser's state: per-variable vectors, per-structure scalars,
+    and a ring of the last ``memory`` steps (a slot with ``rho = 0`` is empty)."""
 
-    Per structure: its own time step and mixing (FIRE's), its step clipped to
-    ``max_step``, convergence (loss or largest gradient component), the best
-    point kept; a structure whose loss turns non-finite is frozen at its last
-    finite point and recorded.  Stops when all converged, after ``steps``, or
-    when the batch has run ``budget`` seconds.
+    x: Any                  # (n_var,) scaled variables
+    loss: Any               # (B,)
+    grad: Any               # (n_var,) gradient in scaled variables
+    trust: Any              # (B,) largest step (scaled units, about Å)
+    gamma: Any              # (B,) initial inverse-Hessian scale, 0: none yet
+    s: Any                  # (m, n_var)
+    y: Any                  # (m, n_var)
+    rho: Any                # (m, B)
+    slot: int = 0
+
+
+def _lbfgs_direction(st: LbfgsState, owner: Any, n: int) -> Any:
+    """The two-loop recursion, per structure (segment sums over its variables)."""
+    import torch
+
+    q = st.grad.clone()
+    m = st.s.shape[0]
+    order = [(st.slot - 1 - k) % m for k in range(m)]       # newest first
+    alphas = {}
+    for i in order:
+        a = st.rho[i] * _segment_sum(st.s[i] * q, owner, n)
+        alphas[i] = a
+        q = q - a[owner] * st.y[i]
+    r = torch.where(st.gamma[owner] > 0, st.gamma[owner] * q, q)
+    for i in reversed(order):
+        beta = st.rho[i] * _segment_sum(st.y[i] * r, owner, n)
+        r = r + (alphas[i] - beta)[owner] * st.s[i]
+    return -r
+
+
+def relax_batch(problems: Sequence[Problem], env: Environment, opts: Options = Options(),
+                device: Any = "cpu", params: SO3Params | None = None,
+                memory: int = 10) -> list[Outcome]:
+    """L-BFGS on many structures at once, in scaled variables (about 1 Å per unit).
+
+    Per structure: its own curvature memory, a trust radius on the step (grown
+    after a step that lowers the loss, cut and the memory cleared after one that
+    does not -- no line search, so every structure takes one step per
+    evaluation), convergence (loss below ``loss_tol``, largest gradient
+    component below ``fmax``, or no gain over ``patience`` steps) and early exit.
+    When fewer than half the structures remain active the batch is rebuilt from
+    the active ones.  A structure whose loss turns non-finite is frozen at its
+    last finite point and recorded; the batch stops at ``budget`` seconds.
     """
     import torch
 
+    params = params or SO3Params(rcut=env.rcut)
     t0 = time.perf_counter()
-    dev, n = b.x.device, b.n
-    f64 = dict(dtype=torch.float64, device=dev)
-    unit, owner = b.unit, b.owner
-    y = b.x / unit
+    n_all = len(problems)
+    xs = [p.x0.copy() for p in problems]
+    result: list[Outcome | None] = [None] * n_all
+    iters = np.zeros(n_all, int)
+    todo = list(range(n_all))
+    steps_left = opts.steps
+    while todo and steps_left > 0:
+        b = make_batch([problems[k] for k in todo], [xs[k] for k in todo], env, params, device)
+        done, used = _lbfgs(b, opts, memory, steps_left, t0)
+        steps_left -= used
+        for local, k in enumerate(todo):
+            p = b.problems[local]
+            xs[k] = done["x"][local]
+            iters[k] += done["iters"][local]
+            if done["finished"][local] or steps_left <= 0 or done["timed_out"]:
+                error = done["error"][local]
+                if error is None and done["timed_out"] and not done["finished"][local]:
+                    error = f"time budget of {opts.budget:g} s exceeded"
+                result[k] = Outcome(xs[k], done["loss"][local], int(iters[k]), 0.0, error)
+        todo = [k for k in todo if result[k] is None]
+        if done["timed_out"]:
+            break
+    seconds = (time.perf_counter() - t0) / max(n_all, 1)
+    for k in range(n_all):
+        res = result[k] or Outcome(xs[k], math.nan, int(iters[k]), 0.0, "not finished")
+        result[k] = replace(res, seconds=seconds)
+    return result  # type: ignore[return-value]
+
+
+def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, t0: float
+           ) -> tuple[dict[str, Any], int]:
+    """Run the batched L-BFGS on one batch until all converged, fewer than half are
+    active, ``steps`` are used or the budget is spent; the best point of each."""
+    import torch
+
+    n, owner, unit = b.n, b.owner, b.unit
+    f64 = dict(dtype=torch.float64, device=b.x.device)
     lo, hi = b.lower / unit, b.upper / unit
-    v = torch.zeros_like(y)
-    dt = torch.full((n,), 0.1, **f64)
-    alpha = torch.full((n,), 0.1, **f64)
-    n_pos = torch.zeros(n, dtype=torch.long, device=dev)
-    active = torch.ones(n, dtype=torch.bool, device=dev)
-    blown = torch.zeros(n, dtype=torch.bool, device=dev)
-    best_loss = torch.full((n,), math.inf, **f64)
-    best_y = y.clone()
-    iters = torch.zeros(n, dtype=torch.long, device=dev)
+
+    def evaluate(y: Any) -> tuple[Any, Any]:
+        loss, g = loss_and_grad(b, y * unit)
+        return loss, g * unit
+
+    y0 = b.x / unit
+    loss, grad = evaluate(y0)
+    st = LbfgsState(y0, loss, grad, torch.full((n,), opts.max_step, **f64),
+                    torch.zeros(n, **f64), torch.zeros((memory, len(y0)), **f64),
+                    torch.zeros((memory, len(y0)), **f64), torch.zeros((memory, n), **f64))
+    finite = torch.isfinite(loss) & _segment_sum((~torch.isfinite(grad)).double(), owner, n).eq(0)
+    blown = ~finite
+    active = finite.clone()
+    iters = torch.zeros(n, dtype=torch.long, device=b.x.device)
+    last_gain = torch.zeros(n, dtype=torch.long, device=b.x.device)
+    gain_loss = torch.where(finite, loss, torch.full_like(loss, math.inf))
     timed_out = False
-    for _ in range(opts.steps):
-        loss, grad = loss_and_grad(b, y * unit)
-        g = grad * unit
-        finite = torch.isfinite(loss) & _segment_sum((~torch.isfinite(g)).double(), owner, n).eq(0)
-        blown |= active & ~finite
-        active &= finite
-        better = active & (loss < best_loss)
-        best_loss = torch.where(better, loss, best_loss)
-        best_y = torch.where(better[owner], y, best_y)
-        gmax = torch.zeros(n, **f64).scatter_reduce(0, owner, g.abs(), "amax")
-        active &= ~((loss < opts.loss_tol) | (gmax < opts.fmax))
-        if not bool(active.any()):
+    used = 0
+    for step_no in range(steps):
+        gmax = torch.zeros(n, **f64).scatter_reduce(0, owner, st.grad.abs(), "amax")
+        active &= ~((st.loss < opts.loss_tol) | (gmax < opts.fmax) | (st.trust < 1e-9)
+                    | (step_no - last_gain > opts.patience))
+        n_active = int(active.sum())
+        if n_active == 0 or (n_active < n / 2 and step_no >= 20 and n > 8):
             break
         if time.perf_counter() - t0 > opts.budget:
             timed_out = True
             break
+        used += 1
+        d = torch.where(torch.isfinite(st.grad), _lbfgs_direction(st, owner, n),
+                        torch.zeros_like(st.grad))
+        descent = _segment_sum(d * st.grad, owner, n) < 0
+        d = torch.where(descent[owner], d, -st.grad)
+        norm = torch.sqrt(_segment_sum(d * d, owner, n)).clamp_min(1e-300)
+        d = d * (torch.minimum(st.trust, norm) / norm)[owner]
+        y_new = torch.where(active[owner], torch.minimum(torch.maximum(st.x + d, lo), hi), st.x)
+        loss_new, grad_new = evaluate(y_new)
+        ok = torch.isfinite(loss_new) & _segment_sum((~torch.isfinite(grad_new)).double(),
+                                                     owner, n).eq(0)
+        accept = active & ok & (loss_new <= st.loss + 1e-12 * st.loss.abs())
+        reject = active & ~accept
         iters += active
-        force = torch.where(active[owner] & torch.isfinite(g), -g, torch.zeros_like(g))
-        power = _segment_sum(force * v, owner, n)
-        fnorm = torch.sqrt(_segment_sum(force * force, owner, n)).clamp_min(1e-30)
-        vnorm = torch.sqrt(_segment_sum(v * v, owner, n))
-        uphill = power <= 0
-        v = (1 - alpha[owner]) * v + alpha[owner] * (vnorm / fnorm)[owner] * force
-        v = torch.where(uphill[owner], torch.zeros_like(v), v)
-        n_pos = torch.where(uphill, torch.zeros_like(n_pos), n_pos + 1)
-        grow = ~uphill & (n_pos > 5)
-        dt = torch.where(uphill, dt * 0.5, torch.where(grow, (dt * 1.1).clamp_max(1.0), dt))
-        alpha = torch.where(uphill, torch.full_like(alpha, 0.1),
-                            torch.where(grow, alpha * 0.99, alpha))
-        v = v + dt[owner] * force
-        step = dt[owner] * v
-        snorm = torch.sqrt(_segment_sum(step * step, owner, n))
-        step = step * (opts.max_step / snorm.clamp_min(opts.max_step))[owner]
-        y = torch.where(active[owner], torch.minimum(torch.maximum(y + step, lo), hi), y)
-    seconds = (time.perf_counter() - t0) / n
-    out = []
-    x_best = (best_y * unit).cpu().numpy()
+        # memory: the new pair where accepted with positive curvature, else empty
+        s_vec = (y_new - st.x) * accept[owner]
+        y_vec = (grad_new - st.grad) * accept[owner]
+        sy = _segment_sum(s_vec * y_vec, owner, n)
+        yy = _segment_sum(y_vec * y_vec, owner, n)
+        good = accept & (sy > 1e-12 * torch.sqrt(yy))
+        st.s[st.slot] = s_vec * good[owner]
+        st.y[st.slot] = y_vec * good[owner]
+        st.rho[st.slot] = torch.where(good, 1 / sy.clamp_min(1e-300), torch.zeros_like(sy))
+        st.gamma = torch.where(good, sy / yy.clamp_min(1e-300), st.gamma)
+        st.slot = (st.slot + 1) % memory
+        st.rho[:, reject] = 0.0
+        st.gamma = torch.where(reject, torch.zeros_like(st.gamma), st.gamma)
+        st.trust = torch.where(accept, (st.trust * 1.5).clamp_max(opts.max_step),
+                               torch.where(reject, st.trust * 0.25, st.trust))
+        st.x = torch.where(accept[owner], y_new, st.x)
+        st.loss = torch.where(accept, loss_new, st.loss)
+        st.grad = torch.where(accept[owner], grad_new, st.grad)
+        gain = accept & (st.loss < gain_loss - torch.clamp(gain_loss * 1e-4,
+                                                           min=opts.ftol * opts.patience))
+        last_gain = torch.where(gain, torch.full_like(last_gain, step_no), last_gain)
+        gain_loss = torch.where(gain, st.loss, gain_loss)
+    x = (st.x * unit).cpu().numpy()
     offsets = np.cumsum([0] + [len(p.x0) for p in b.problems])
-    for k in range(n):
-        error = None
-        if bool(blown[k]):
-            error = "the objective blew up (non-finite loss or gradient)"
-        elif timed_out and bool(active[k]):
-            error = f"time budget of {opts.budget:g} s exceeded"
-        out.append(Outcome(x_best[offsets[k]:offsets[k + 1]], float(best_loss[k]),
-                           int(iters[k]), seconds, error))
-    return out
+    losses = torch.where(blown, torch.full_like(st.loss, math.nan), st.loss).cpu().numpy()
+    error = ["the objective blew up (non-finite loss or gradient)" if bool(bl) else None
+             for bl in blown]
+    return ({"x": [x[offsets[k]:offsets[k + 1]] for k in range(n)],
+             "loss": [float(v) for v in losses], "iters": iters.cpu().numpy(),
+             "finished": (~active).cpu().numpy(), "error": error,
+             "timed_out": timed_out}, used)
 
 
 # ---------------------------------------------------------------------------
@@ -683,9 +784,7 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
         for i in range(0, len(todo), options.batch_size):
             chunk = todo[i:i + options.batch_size]
             try:
-                b = make_batch([p for _, p in chunk], [p.x0 for _, p in chunk], env, params,
-                               mode)
-                results = relax_batch(b, options)
+                results = relax_batch([p for _, p in chunk], env, options, mode, params)
             except Exception as exc:  # the batch failed: relax its rows one by one
                 log.warning("batch of %d failed (%s); relaxing one by one", len(chunk), exc)
                 results = [None] * len(chunk)

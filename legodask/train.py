@@ -26,7 +26,7 @@ def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool =
     """Train model ``name`` on the run's features (the task body); a summary."""
     run = Run(run_path)
     array, encoder = open_features(run)
-    model = models.build(kind, encoder, **hparams)
+    model = models.build(kind, encoder, seed=seed, **hparams)
     t = time.perf_counter()
     history = models.fit(model, encoder, models.ChunkStream(array), epochs,
                          run.model_dir(name), resume=resume, seed=seed)
@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="model name (default <model>-<mode>)")
     parser.add_argument("--input", default="augmented", help="training table")
     parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="Adam learning rate (default: GAN 2e-4, VAE 1e-3 as TVAE)")
     parser.add_argument("--hidden", type=int, nargs=2, default=None, metavar=("H1", "H2"),
                         help="hidden layer widths of every network (default 512 512; "
                         "the GAN's discriminator 256 256)")
@@ -76,8 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
     """Model hyper-parameters from the command line."""
-    hp: dict[str, Any] = {"batch_size": args.batch_size, "lr": args.lr,
-                          "embedding_dim": args.embedding_dim}
+    hp: dict[str, Any] = {"batch_size": args.batch_size, "embedding_dim": args.embedding_dim}
+    if args.lr is not None:
+        hp["lr"] = args.lr
     if args.hidden:
         keys = (("generator_dim", "discriminator_dim") if args.model == "gan"
                 else ("compress_dims", "decompress_dims"))

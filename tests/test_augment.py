@@ -17,6 +17,7 @@ from pyxtal import pyxtal
 
 from legodask import augment as A
 from legodask import codec, sources
+from legodask import schema as S
 from legodask.store import Run
 
 # small SACADA structures: 8-atom I4_132 (8a), 8-atom P4_2/mmc (4i 4g), 18-atom (2 sites)
@@ -52,7 +53,7 @@ def environments(atoms, cutoff: float = 1.9) -> np.ndarray:
 
 
 def test_rows_are_the_parent_structure(train: pd.DataFrame, augmented: pd.DataFrame) -> None:
-    decoded = codec.decode_frame(augmented.drop(columns=[A.PATH]))
+    decoded = codec.decode_frame(augmented)
     assert decoded["valid_xtal"].all(), decoded["error"].dropna().tolist()[:3]
     assert set(augmented["parent_id"]) == set(train["id"])
     assert augmented["id"].is_unique
@@ -87,10 +88,9 @@ def test_swaps_and_caps(augmented: pd.DataFrame) -> None:
         parent_path = rows[A.PATH].iloc[0]
         assert sizes[parent_path] <= SMALL["max_per_parent"]
         assert (sizes.drop(parent_path) <= SMALL["max_per_subgroup"]).all()
-        # orbit swaps: rows of one representation differ in their coordinates only
-        for _, rep in rows.groupby(A.PATH):
-            assert rep[["spg", "a", "wp0"]].nunique().max() == 1
-            assert len(rep.drop_duplicates(["x0", "y0", "z0", "x1", "y1", "z1"])) == len(rep)
+        # orbit swaps: rows of one subgroup path share the space group; no row repeats
+        assert (rows.groupby(A.PATH)["spg"].nunique() == 1).all()
+        assert len(rows.drop_duplicates(S.TABULAR)) == len(rows)
 
 
 def test_diamond_subgroups_of_the_paper() -> None:
@@ -166,13 +166,49 @@ def test_timeout_leaves_no_pending_exception() -> None:
     assert A.call_with_timeout(lambda: 5, 0.05) == 5
     time.sleep(0.3)       # the watchdog must not fire after the call returned
     with pytest.raises(A.AugmentTimeout):
-        A.call_with_timeout(lambda: time.sleep(5), 0.2)
+        A.call_with_timeout(lambda: [time.sleep(0.01) for _ in range(500)], 0.2)
 
 
 def test_symmetry_key_and_presets() -> None:
     df = pd.DataFrame([diamond_row(), {**diamond_row(), "spg": 166, "wp0": 3, "wp1": -1}])
-    assert A.symmetry_key(df).tolist() == ["227 8a", "166 9e"]
+    assert A.symmetry_key(df).tolist() == ["227 8a", "166 18f"]
     assert set(A.PRESETS) == {"v1", "v2", "v3", "2m"}
     sizes = [A.preset(k).max_per_structure for k in ("v1", "v2", "v3", "2m")]
     assert sizes == sorted(sizes)
     assert A.preset("v1", seed=5, eps=None).seed == 5
+    assert A.preset("v3", max_per_subgroup=4).max_per_parent == 12
+
+
+def test_prerelax_check_filters_but_keeps_the_geometry(train: pd.DataFrame) -> None:
+    one = train.head(1)
+    relaxed = A.augment_frame(one, small(check="prerelax", tries=1))
+    plain = A.augment_frame(one, small(check="env", tries=1))
+    assert relaxed["valid_xtal"].all()
+    parent = plain[A.PATH] == plain[A.PATH].iloc[0]
+    cols = ["a", "c", *S.XYZ_FLAT[:3]]
+    pd.testing.assert_frame_equal(relaxed.loc[parent, cols], plain.loc[parent, cols])
+
+
+def test_command_line(train: pd.DataFrame, tmp_path: Path) -> None:
+    from legodask.cli import main
+
+    run = Run(tmp_path)
+    run.write_frame_table("ingested", train.head(2))
+    assert main(["augment", "--run", str(tmp_path), "--preset", "v1", "--seed", "4",
+                 "--max-per-structure", "20", "--tries", "1", "--workers", "1"]) == 0
+    out = run.read(A.TABLE).compute()
+    assert set(out["parent_id"]) == set(train["id"].head(2)) and out["valid_xtal"].all()
+    assert run.info(A.TABLE)["params"]["seed"] == 4
+    own = out[~out[A.PATH].str.contains(">")]
+    assert (own.groupby("parent_id").size() <= 20).all()   # parent capped by the structure cap
+
+
+def test_rerun_resumes_and_refuses_other_parameters(train: pd.DataFrame, tmp_path: Path) -> None:
+    run = Run(tmp_path)
+    run.write_frame_table("ingested", train.head(1))
+    p = small(tries=1)
+    first = A.augment(run, p)
+    again = A.augment(run, p)
+    assert first.written == 1 and again.written == 0 and again.skipped == 1
+    with pytest.raises(ValueError, match="other parameters"):
+        A.augment(run, small(tries=1, seed=99))

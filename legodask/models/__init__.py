@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.nn import functional as F
 
 from ..encode import Encoder, Span
 
@@ -63,27 +62,47 @@ class ChunkStream:
         return counts
 
 
-def gumbel_softmax(logits: torch.Tensor, tau: float, hard: bool = False,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
-    """Gumbel-softmax whose noise can come from a seeded ``generator``."""
-    u = torch.rand(logits.shape, generator=generator, device="cpu").to(logits.device)
-    g = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
-    y = F.softmax((logits + g) / tau, dim=-1)
-    if not hard:
-        return y
-    index = y.argmax(-1, keepdim=True)
-    return torch.zeros_like(y).scatter_(-1, index, 1.0) - y.detach() + y
+class Layout:
+    """The encoder's spans as index tensors, so that activations and losses over all
+    one-hot blocks are a few tensor operations, not a loop over columns: the blocks
+    are gathered into a padded ``(rows, blocks, widest)`` tensor."""
 
+    def __init__(self, spans: Sequence[Span], device: torch.device):
+        onehots = [s for s in spans if s.kind == "onehot"]
+        widest = max((s.dim for s in onehots), default=1)
+        idx = np.zeros((len(onehots), widest), np.int64)
+        mask = np.zeros((len(onehots), widest), bool)
+        for b, s in enumerate(onehots):
+            idx[b, :s.dim] = np.arange(s.offset, s.offset + s.dim)
+            mask[b, :s.dim] = True
+        self.scalars = torch.as_tensor([s.offset for s in spans if s.kind == "scalar"],
+                                       dtype=torch.long, device=device)
+        self.idx = torch.as_tensor(idx, device=device)
+        self.mask = torch.as_tensor(mask, device=device)
+        self.flat = self.idx[self.mask]
 
-def activate(raw: torch.Tensor, spans: Sequence[Span], tau: float = 0.2,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Generator output -> features: tanh for scalars, Gumbel-softmax for one-hots."""
-    parts = []
-    for s in spans:
-        block = raw[:, s.offset:s.offset + s.dim]
-        parts.append(torch.tanh(block) if s.kind == "scalar"
-                     else gumbel_softmax(block, tau, generator=generator))
-    return torch.cat(parts, dim=1)
+    def blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """One-hot blocks of ``x``, padded with -inf: (rows, blocks, widest)."""
+        return x[:, self.idx].masked_fill(~self.mask, float("-inf"))
+
+    def activate(self, raw: torch.Tensor, tau: float = 0.2,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generator output -> features: tanh for scalars, Gumbel-softmax (noise from
+        ``generator`` when given) for one-hots."""
+        u = torch.rand(raw.shape[0], *self.idx.shape, generator=generator).to(raw.device)
+        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+        soft = torch.softmax((self.blocks(raw) + gumbel) / tau, dim=-1)
+        out = torch.zeros_like(raw)
+        out[:, self.scalars] = torch.tanh(raw[:, self.scalars])
+        out[:, self.flat] = soft[:, self.mask]
+        return out
+
+    def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Summed cross-entropy of every one-hot block of ``logits`` against the
+        categories set in ``target``."""
+        logp = torch.log_softmax(self.blocks(logits), dim=-1)
+        tgt = target[:, self.idx].masked_fill(~self.mask, -1.0).argmax(-1, keepdim=True)
+        return -logp.gather(-1, tgt).sum()
 
 
 class TabularModel(ABC):
@@ -123,9 +142,10 @@ class TabularModel(ABC):
         return {"kind": self.kind, "hparams": self.hparams}
 
 
-def build(kind: str, encoder: Encoder, device: torch.device | None = None,
+def build(kind: str, encoder: Encoder, device: torch.device | None = None, seed: int = 0,
           **hparams: Any) -> TabularModel:
-    """A new model of ``kind`` for an encoder's layout."""
+    """A new model of ``kind`` for an encoder's layout, its weights drawn with ``seed``."""
+    torch.manual_seed(seed)
     if kind == "gan":
         from .gan import GAN
 

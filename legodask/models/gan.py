@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..encode import Span
-from . import ChunkStream, TabularModel, activate
+from . import ChunkStream, Layout, TabularModel
 
 DEFAULTS: dict[str, Any] = {
     "embedding_dim": 128, "generator_dim": (512, 512), "discriminator_dim": (256, 256),
@@ -92,6 +92,7 @@ class GAN(TabularModel):
         if cond is None:
             raise ValueError("the GAN needs a conditional one-hot column")
         self.cond = cond
+        self.layout = Layout(spans, self.device)
         self.G = Generator(hp["embedding_dim"] + cond.dim, hp["generator_dim"], width).to(self.device)
         self.D = Discriminator(width + cond.dim, hp["discriminator_dim"], hp["pac"],
                                hp["dropout"]).to(self.device)
@@ -136,8 +137,8 @@ class GAN(TabularModel):
                     perm = rng.permutation(bs)
                     real = rows_of(c1[perm])
                     oh1 = self._onehot(c1)
-                    fake = activate(self.G(torch.cat([self._noise(bs), oh1], 1)), self.spans,
-                                    hp["tau"])
+                    fake = self.layout.activate(self.G(torch.cat([self._noise(bs), oh1], 1)),
+                                                hp["tau"])
                     fake_cat = torch.cat([fake, oh1], 1)
                     real_cat = torch.cat([real, oh1[perm]], 1)
                     loss_d = self.D(fake_cat).mean() - self.D(real_cat).mean()
@@ -148,7 +149,7 @@ class GAN(TabularModel):
                 c1 = rng.choice(self.cond.dim, size=bs, p=p)
                 oh1 = self._onehot(c1)
                 raw = self.G(torch.cat([self._noise(bs), oh1], 1))
-                fake = activate(raw, self.spans, hp["tau"])
+                fake = self.layout.activate(raw, hp["tau"])
                 ce = F.cross_entropy(raw[:, self.cond.offset:self.cond.offset + self.cond.dim],
                                      torch.as_tensor(c1, device=self.device))
                 loss_g = -self.D(torch.cat([fake, oh1], 1)).mean() + ce
@@ -177,7 +178,7 @@ class GAN(TabularModel):
         cats = torch.multinomial(weights, n, replacement=True, generator=generator).numpy()
         z = self._noise(n, generator)
         raw = self.G(torch.cat([z, self._onehot(cats)], 1))
-        return activate(raw, self.spans, self.hparams["tau"], generator).cpu().numpy()
+        return self.layout.activate(raw, self.hparams["tau"], generator).cpu().numpy()
 
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
         state = {"G": self.G.state_dict(), "D": self.D.state_dict(),

@@ -1,0 +1,302 @@
+"""Benchmark: our GAN and VAE against the ``ctgan`` package's CTGAN and TVAE.
+
+Same training rows (SACADA crystals with orbit-representative rows, standing in for
+the augmented table), same epochs and batch size.  Measured for each model: training
+seconds per epoch, sampling rows per second (the model alone, and including decoding
+into crystals), share of valid crystals, training rows regenerated.  ``ctgan`` pins
+pandas < 3, so it runs in its own virtual environment (``--ctgan-python``) in a
+subprocess on the exported rows; its samples are decoded here with the same decoder.
+
+``--memory N`` instead measures the peak memory of the sample stage drawing N rows on
+a LocalCluster of 2 workers.
+
+    python benchmarks/generate.py [--quick] [--ctgan-python /tmp/ctgan-venv/bin/python]
+    python benchmarks/generate.py --memory 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+DB = Path(os.environ.get("LEGODASK_SACADA_DB", ROOT.parent / "shared/data/sp2_sacada.db"))
+RESULTS = ROOT / "benchmarks/results"
+N_SPEED = 20_000  # rows drawn to time the models' sampling alone
+
+CTGAN_SCRIPT = r'''
+import json, sys, time
+import pandas as pd, torch
+from ctgan import CTGAN, TVAE
+torch.set_num_threads(1)
+src, out, epochs, n, n_speed, seed = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
+df = pd.read_parquet(src)
+discrete = ["spg"] + [f"wp{k}" for k in range(8)]
+res = {}
+for name, cls, kw in [("ctgan-gan", CTGAN, dict(generator_dim=(512, 512), discriminator_dim=(256, 256), pac=10)),
+                      ("ctgan-vae", TVAE, dict(compress_dims=(512, 512), decompress_dims=(512, 512)))]:
+    torch.manual_seed(seed)
+    model = cls(epochs=epochs, batch_size=500, cuda=False, **kw)
+    t = time.perf_counter(); model.fit(df, discrete); fit_s = time.perf_counter() - t
+    t = time.perf_counter(); s = model.sample(n_speed); sample_s = time.perf_counter() - t
+    s.iloc[:n].to_parquet(f"{out}/{name}.parquet")
+    res[name] = {"fit_seconds": fit_s, "sample_seconds": sample_s}
+json.dump(res, open(f"{out}/timings.json", "w"))
+'''
+
+
+def training_rows(n_structures: int, reps: int) -> pd.DataFrame:
+    """SACADA crystals (the training filter: <= 8 sites) with up to ``reps``
+    orbit-representative rows each."""
+    from ase.db import connect
+
+    from legodask import codec
+    from legodask import schema as S
+
+    rows = []
+    for i, r in enumerate(connect(str(DB)).select()):
+        if i >= n_structures:
+            break
+        row = codec.atoms_to_row(r.toatoms(), id=f"sacada-{r.id}")
+        if not row["valid_xtal"] or row["natoms"] > 500:
+            continue
+        xtal = codec.row_to_pyxtal(row)
+        mult = min(s.wp.multiplicity for s in xtal.atom_sites)
+        for j in range(min(reps, mult)):
+            rows.append(codec.pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites),
+                                            id=f"sacada-{r.id}-{j}", parent_id=f"sacada-{r.id}",
+                                            source="sacada"))
+    return codec.decode_frame(S.conform(pd.DataFrame(rows)))
+
+
+def reference_layout(df: pd.DataFrame) -> pd.DataFrame:
+    """What ctgan is given: the 39 tabular columns, -1 for unused sites (as the
+    reference implementation), angles in degrees."""
+    from legodask import schema as S
+
+    out = df[S.TABULAR].copy()
+    for k in range(S.MAX_SITES):
+        for c in S.XYZ[k]:
+            out[c] = out[c].fillna(-1.0)
+    return out.astype({c: int for c in ["spg", *S.WP]})
+
+
+def from_reference_layout(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    from legodask import schema as S
+
+    df = df.copy()
+    for k in range(S.MAX_SITES):
+        used = df[S.WP[k]] >= 0
+        df[S.EL[k]] = np.where(used, "C", None)
+        for c in S.XYZ[k]:
+            df[c] = df[c].where(used)
+    df["id"] = [f"{name}-{i}" for i in range(len(df))]
+    df["source"] = name
+    return S.conform(df)
+
+
+def quality(decoded: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
+    from legodask.stats import Tolerance, match_training, symmetry_key, training_keys
+
+    m = match_training(decoded, training_keys(train), Tolerance())
+    valid = decoded[decoded["valid_xtal"]]
+    syms = set(symmetry_key(valid).tolist())
+    return {"valid_share": float(decoded["valid_xtal"].mean()),
+            "training_structures_regenerated": int(m["train_parent"].nunique()),
+            "rows_regenerating_training": int(m["id"].nunique()),
+            "symmetries": len(syms),
+            "new_symmetries": len(syms - set(symmetry_key(train).tolist()))}
+
+
+def decode_timed(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+    from legodask import codec
+
+    t = time.perf_counter()
+    out = codec.decode_frame(df)
+    return out, time.perf_counter() - t
+
+
+def ours(train: pd.DataFrame, epochs: int, n: int, n_speed: int, workdir: Path) -> dict:
+    import torch
+
+    from legodask import models
+    from legodask import schema as S
+    from legodask.encode import encode_stage
+    from legodask.sample import draw
+    from legodask.store import Run
+    from legodask.train import train_model
+
+    run = Run(workdir / "run")
+    run.write_frame_table("augmented", train, meta=S.empty_frame())
+    t = time.perf_counter()
+    encode_stage(run, "cont")
+    encode_s = time.perf_counter() - t
+    res = {}
+    for kind in ("gan", "vae"):
+        name = f"ours-{kind}"
+        summary = train_model(str(run.path), name, kind, epochs, resume=False)
+        model, enc = models.load(run.model_dir(name))
+        gen = torch.Generator().manual_seed(0)
+        t = time.perf_counter()
+        draw(model, enc, n_speed, gen)
+        speed_s = time.perf_counter() - t
+        rows = draw(model, enc, n, torch.Generator().manual_seed(1))
+        rows["id"] = [f"{name}-{i}" for i in range(len(rows))]
+        rows["source"] = name
+        decoded, dec_s = decode_timed(rows)
+        res[name] = {"seconds_per_epoch": summary["seconds"] / epochs,
+                     "rows_per_second_model": n_speed / speed_s,
+                     "rows_per_second_with_decode": n / (n * speed_s / n_speed + dec_s),
+                     "encode_seconds": encode_s, **quality(decoded, train)}
+    return res
+
+
+def ctgan_side(train: pd.DataFrame, epochs: int, n: int, n_speed: int, python: str,
+               workdir: Path) -> dict:
+    src = workdir / "train.parquet"
+    reference_layout(train).to_parquet(src)
+    script = workdir / "ctgan_side.py"
+    script.write_text(CTGAN_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([python, str(script), str(src), str(workdir), str(epochs), str(n),
+                    str(n_speed), "0"], check=True, env=env)
+    timings = json.loads((workdir / "timings.json").read_text())
+    res = {}
+    for name, t in timings.items():
+        raw = pd.read_parquet(workdir / f"{name}.parquet")
+        decoded, dec_s = decode_timed(from_reference_layout(raw, name))
+        per_row = t["sample_seconds"] / n_speed
+        res[name] = {"seconds_per_epoch": t["fit_seconds"] / epochs,
+                     "rows_per_second_model": 1 / per_row,
+                     "rows_per_second_with_decode": n / (n * per_row + dec_s),
+                     **quality(decoded, train)}
+    return res
+
+
+def peak_memory(n: int, rows_per_part: int, epochs: int, workdir: Path) -> dict:
+    """Peak resident memory (all processes of this benchmark) while the sample stage
+    draws ``n`` rows on a LocalCluster of 2 workers."""
+    import psutil
+
+    from legodask import cli
+    from legodask import schema as S
+    from legodask.store import Run
+    from legodask.train import train_model
+
+    train = training_rows(30, 5)
+    run = Run(workdir / "run")
+    run.write_frame_table("augmented", train, meta=S.empty_frame())
+    from legodask.encode import encode_stage
+
+    encode_stage(run, "cont")
+    train_model(str(run.path), "vae", "vae", epochs, resume=False)
+    me = psutil.Process()
+    peak = {"total": 0, "worker": 0}
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            procs = [me, *me.children(recursive=True)]
+            rss = []
+            for p in procs:
+                try:
+                    rss.append(p.memory_info().rss)
+                except psutil.Error:
+                    pass
+            peak["total"] = max(peak["total"], sum(rss))
+            peak["worker"] = max(peak["worker"], max(rss[1:], default=0))
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+    t = time.perf_counter()
+    rc = cli.main(["sample", "--run", str(run.path), "--model", "vae", "--n", str(n),
+                   "--rows-per-part", str(rows_per_part), "--workers", "2",
+                   "--memory-limit", "2GB"])
+    seconds = time.perf_counter() - t
+    done.set()
+    thread.join()
+    written = sum(1 for _ in run.table_path("samples").glob("part-*.parquet"))
+    valid = run.read("samples", columns=["valid_xtal"])["valid_xtal"].mean().compute()
+    return {"n": n, "rows_per_part": rows_per_part, "workers": 2, "rc": rc,
+            "partitions": written, "seconds": seconds, "rows_per_second": n / seconds,
+            "valid_share": float(valid), "peak_rss_total_mb": peak["total"] / 2**20,
+            "peak_rss_largest_process_mb": peak["worker"] / 2**20}
+
+
+def write_markdown(res: dict, cmd: str) -> None:
+    lines = ["# generate: our GAN/VAE against the ctgan package", "", f"Command: `{cmd}`", "",
+             f"Data: {res['train_rows']} training rows ({res['train_structures']} SACADA crystals "
+             f"with orbit representatives), {res['epochs']} epochs, batch 500, "
+             f"{res['n']} samples per model decoded, sampling speed of the model alone timed on "
+             f"{N_SPEED:,} rows; CPU (2 cores shared with other jobs, OMP_NUM_THREADS=1). "
+             "Ours: `cont` mode; GAN lr 2e-4, VAE lr 1e-3 (TVAE's); ctgan: the same "
+             "network sizes, its own defaults otherwise.", "",
+             "| model | s / epoch | rows/s (model) | rows/s (incl. decode) | valid % | "
+             "training crystals regenerated | symmetries (new) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in res["models"].items():
+        lines.append(f"| {name} | {r['seconds_per_epoch']:.3f} | {r['rows_per_second_model']:,.0f} | "
+                     f"{r['rows_per_second_with_decode']:,.0f} | {100 * r['valid_share']:.1f} | "
+                     f"{r['training_structures_regenerated']} / {res['train_structures']} | "
+                     f"{r['symmetries']} ({r['new_symmetries']}) |")
+    if res.get("ctgan_error"):
+        lines += ["", f"ctgan could not be run: {res['ctgan_error']}"]
+    lines += ["", "Paper (H100): 10-20 min per 250 epochs, 1-2 min per 1,000 samples, "
+              "~98 % valid crystals after 250-1000 epochs on 60k-240k rows."]
+    (RESULTS / "generate.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small data and few epochs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--ctgan-python", default="/tmp/ctgan-venv/bin/python",
+                   help="python of a virtual environment with ctgan installed")
+    p.add_argument("--memory", type=int, default=0, metavar="N",
+                   help="measure the sample stage's peak memory for N rows instead")
+    p.add_argument("--rows-per-part", type=int, default=50_000)
+    args = p.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cmd = "python benchmarks/generate.py " + " ".join(sys.argv[1:])
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.memory:
+            res = peak_memory(args.memory, args.rows_per_part, 5, Path(tmp))
+            res["command"] = cmd
+            (RESULTS / "generate-memory.json").write_text(json.dumps(res, indent=1))
+            print(json.dumps(res, indent=1))
+            return 0
+        n_struct, reps = (40, 5) if args.quick else (150, 20)
+        epochs = args.epochs or (20 if args.quick else 100)
+        n = 1000 if args.quick else 2000
+        train = training_rows(n_struct, reps)
+        res = {"command": cmd, "epochs": epochs, "n": n, "train_rows": len(train),
+               "train_structures": int(train["parent_id"].nunique()), "models": {}}
+        res["models"].update(ours(train, epochs, n, N_SPEED, Path(tmp)))
+        try:
+            res["models"].update(ctgan_side(train, epochs, n, N_SPEED, args.ctgan_python,
+                                            Path(tmp)))
+        except (OSError, subprocess.CalledProcessError) as exc:
+            res["ctgan_error"] = str(exc)
+    (RESULTS / "generate.json").write_text(json.dumps(res, indent=1))
+    write_markdown(res, cmd)
+    print((RESULTS / "generate.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""Write a run's structures as CIF files, one extended-XYZ file or an ASE database.
+
+Rows are selected with SQL (``--where`` over the table's columns, ``--unique`` for
+the first row of each distinct crystal) and streamed from DuckDB in chunks.  A
+structure is written in its relaxed geometry when the table has one (the last
+filled ``relaxed_<model>`` column, or ``--geometry MODEL``), else as its row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from . import dedup as D
+from . import fingerprint as F
+from .query import columns, connect
+from .store import Run
+
+log = logging.getLogger("legodask")
+
+FORMATS = ("cif", "extxyz", "ase-db")
+RELAXED = "relaxed_"
+# Scalar columns worth carrying into extxyz info / ASE db key-value pairs.
+_KEEP = re.compile(r"^(id|source|parent_id|spg|natoms|dof|loss|valid_env|energy_.*|"
+                   r"e_above_.*|fingerprint|fp_spg|is_new|first_id)$")
+
+
+def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
+         limit: int | None = None) -> Iterator[dict[str, Any]]:
+    """The selected rows of ``table`` as dicts, streamed."""
+    con = connect(run)
+    cond = [f"({where})"] if where else []
+    if unique:
+        cond.append(f"id IN (SELECT id FROM {D.TABLE} WHERE {F.FP_DATA} IS NOT NULL)")
+    sql = f'SELECT * FROM "{table}"' + (" WHERE " + " AND ".join(cond) if cond else "")
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    res = con.execute(sql)
+    while True:
+        chunk = res.fetch_df_chunk()
+        if chunk.empty:
+            return
+        yield from chunk.to_dict("records")
+
+
+def structure(rec: dict[str, Any], models: list[str], geometry: str | None = None) -> Atoms:
+    """A row's crystal: ``relaxed_<geometry>``, else its last filled relaxed
+    geometry, else the row itself."""
+    order = [geometry] if geometry else models[::-1]
+    model = next((m for m in order if F.filled(rec.get(f"{RELAXED}{m}"))), None)
+    return F.row_atoms(rec, model)
+
+
+def _info(rec: dict[str, Any]) -> dict[str, Any]:
+    """A row's scalar columns as key-value pairs; names that ASE db reserves
+    (``id``, ``natoms``) become ``sid``, ``row_natoms``."""
+    from ase.db.core import reserved_keys
+
+    out = {}
+    for k, v in rec.items():
+        if _KEEP.match(k) and F.filled(v):
+            name = "sid" if k == "id" else f"row_{k}" if k in reserved_keys else k
+            out[name] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def export(run: Run, table: str, out: str | Path, fmt: str, where: str | None = None,
+           unique: bool = False, geometry: str | None = None,
+           limit: int | None = None) -> tuple[int, int]:
+    """Write the selected structures to ``out`` (a folder); return (written, failed)."""
+    from ase.io import write
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    models = [c[len(RELAXED):] for c in columns(connect(run), table) if c.startswith(RELAXED)]
+    db = None
+    if fmt == "ase-db":
+        import ase.db
+
+        db = ase.db.connect(out / "structures.db")
+    xyz = out / "structures.extxyz"
+    if fmt == "extxyz" and xyz.exists():
+        xyz.unlink()
+    written = failed = 0
+    for k, rec in enumerate(rows(run, table, where, unique, limit)):
+        try:
+            atoms = structure(rec, models, geometry)
+        except Exception as exc:  # a bad row is reported, the rest is written
+            log.warning("row %s: %s", rec.get("id", k), exc)
+            failed += 1
+            continue
+        info = _info(rec)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec.get("id") or f"row-{k}"))
+        if fmt == "cif":
+            write(out / f"{name}.cif", atoms, format="cif")
+        elif fmt == "extxyz":
+            atoms.info.update(info)
+            write(xyz, atoms, format="extxyz", append=True)
+        else:
+            db.write(atoms, key_value_pairs=info)
+        written += 1
+    return written, failed
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--table", default="ranked", help="table to export from")
+    p.add_argument("--where", help='SQL condition, e.g. "e_above_mace < 0.5"')
+    p.add_argument("--unique", action="store_true",
+                   help="only the first row of each distinct crystal (needs dedup)")
+    p.add_argument("--format", choices=FORMATS, default="cif")
+    p.add_argument("--geometry", help="use relaxed_<MODEL> (default: the last filled one)")
+    p.add_argument("--limit", type=int, help="at most this many structures")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def command(args: argparse.Namespace) -> int:
+    written, failed = export(Run(args.run), args.table, args.out, args.format, args.where,
+                             args.unique, args.geometry, args.limit)
+    print(f"wrote {written} structures to {args.out}" + (f" ({failed} failed)" if failed else ""))
+    return 0

@@ -1,0 +1,203 @@
+"""Stage ``rank``: relax the pre-relaxed structures with a chain of energy models.
+
+Models run in the order given, as in the paper (ReaxFF first, then MACE): each
+relaxes from the geometry the previous one left (the row's own geometry when no
+earlier model succeeded).  Per model the stage writes ``energy_<m>`` (eV/atom),
+``e_above_<m>`` (above graphite relaxed with the same model in the same run),
+``relax_steps_<m>``, ``relaxed_<m>`` (extended-XYZ text) and ``error_<m>``.
+Rows that are not valid crystals (or, with ``--only-valid-env``, not valid
+environments) are kept unrelaxed with the reason in ``error_<m>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, fields
+from typing import Any
+
+import dask
+import pandas as pd
+from ase import Atoms
+
+from . import cluster, codec
+from . import schema as S
+from .energy import ModelUnavailable, get_model
+from .energy.relax import RelaxResult, RelaxSettings, graphite, relax_many, text_to_atoms
+from .store import Run, StageResult
+
+log = logging.getLogger("legodask")
+
+_ENERGY_DTYPES = ("float64", "float64", "int32", "object", "object")
+REFERENCES_FILE = "rank_references.json"
+
+
+def energy_dtypes(models: Sequence[str]) -> dict[str, str]:
+    """Dtypes of the columns the stage adds for ``models``."""
+    return {c: t for m in models for c, t in zip(S.energy_columns(m), _ENERGY_DTYPES)}
+
+
+def reference_energy(model: str, options: Mapping[str, Any],
+                     settings: RelaxSettings) -> dict[str, Any]:
+    """Graphite relaxed with ``model``: the zero of ``e_above_<model>``."""
+    res = relax_many(get_model(model, **options), [graphite()], settings)[0]
+    return {"model": model, "energy": res.energy, "steps": res.steps, "error": res.error}
+
+
+def _skip_reason(rec: Mapping[str, Any], only_valid_env: bool) -> str | None:
+    if rec.get("valid_xtal") is not None and not bool(rec.get("valid_xtal")):
+        return "not ranked: not a valid crystal (valid_xtal is false)"
+    if only_valid_env and not bool(rec.get("valid_env")):
+        return "not ranked: not a valid environment (valid_env is false)"
+    return None
+
+
+def _start_structures(records: Sequence[Mapping[str, Any]],
+                      only_valid_env: bool) -> tuple[list[Atoms | None], list[str | None]]:
+    """Each row's structure, or ``None`` and why it is not ranked."""
+    structures: list[Atoms | None] = []
+    reasons: list[str | None] = []
+    for rec in records:
+        why = _skip_reason(rec, only_valid_env)
+        atoms = None
+        if why is None:
+            try:
+                atoms = codec.row_to_atoms(rec)
+            except Exception as exc:  # a bad row is a recorded failure
+                why = f"not ranked: {type(exc).__name__}: {exc}"
+        structures.append(atoms)
+        reasons.append(why)
+    return structures, reasons
+
+
+def rank_frame(df: pd.DataFrame, models: Sequence[str],
+               options: Mapping[str, Mapping[str, Any]] | None = None,
+               settings: RelaxSettings = RelaxSettings(),
+               references: Mapping[str, float] | None = None,
+               only_valid_env: bool = False) -> pd.DataFrame:
+    """The rank kernel: relax every valid row of a partition with each model in turn
+    and add its energy columns.  No row is dropped; failures are recorded."""
+    options = options or {}
+    references = references or {}
+    out = df.copy()
+    current, reasons = _start_structures(df.to_dict("records"), only_valid_env)
+    todo = [i for i, a in enumerate(current) if a is not None]
+    for m in models:
+        results: list[RelaxResult] = [RelaxResult(error=reasons[i]) for i in range(len(df))]
+        try:
+            model = get_model(m, **options.get(m, {}))
+        except (ModelUnavailable, KeyError) as exc:
+            for i in todo:
+                results[i] = RelaxResult(error=f"model unavailable: {exc}"[:500])
+        else:
+            for i, res in zip(todo, relax_many(model, [current[i] for i in todo], settings)):
+                results[i] = res
+                if res.ok:
+                    current[i] = text_to_atoms(res.relaxed)
+        ref = references.get(m, float("nan"))
+        energy, e_above, steps, relaxed, error = S.energy_columns(m)
+        out[energy] = pd.Series([r.energy for r in results], index=df.index, dtype="float64")
+        out[e_above] = out[energy] - ref
+        out[steps] = pd.Series([r.steps for r in results], index=df.index, dtype="int32")
+        out[relaxed] = pd.Series([r.relaxed for r in results], index=df.index, dtype=object)
+        out[error] = pd.Series([r.error for r in results], index=df.index, dtype=object)
+    return out
+
+
+def rank(run: Run, models: Sequence[str], input: str = "prerelaxed", output: str = "ranked",
+         options: Mapping[str, Mapping[str, Any]] | None = None,
+         settings: RelaxSettings = RelaxSettings(),
+         only_valid_env: bool = False) -> StageResult:
+    """Map ``rank_frame`` over table ``input`` into table ``output``; graphite is
+    relaxed with each model first (one task per model) as the energy zero."""
+    options = {m: dict((options or {}).get(m, {})) for m in models}
+    gpu = any(get_model(m, **options[m]).gpu for m in models) and cluster.has_gpu_worker()
+    annotations = cluster.GPU_RESOURCE if gpu else None
+    with dask.annotate(**(annotations or {})):
+        tasks = [dask.delayed(reference_energy)(m, options[m], settings) for m in models]
+    refs = cluster.compute(tasks, desc="graphite references")
+    run.file(REFERENCES_FILE).write_text(json.dumps(refs, indent=1))
+    for r in refs:
+        if r["error"]:
+            log.warning("rank: graphite with %s failed (%s); e_above_%s is NaN",
+                        r["model"], r["error"], r["model"])
+    references = {r["model"]: r["energy"] for r in refs}
+    dtypes = run.read(input).dtypes
+    meta = pd.DataFrame({c: pd.Series(dtype=t) for c, t in
+                         {**dtypes.to_dict(), **energy_dtypes(models)}.items()})
+    return run.map_table(input, output, rank_frame, meta, desc=f"rank {','.join(models)}",
+                         annotations=annotations, models=list(models), options=options,
+                         settings=settings, references=references,
+                         only_valid_env=only_valid_env)
+
+
+# ---------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------
+
+def _value(text: str) -> Any:
+    """A command-line option value: JSON when it parses (numbers, true, lists), else text."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["reaxff.ffield=ffield.reax.cho", "mace.model=small"]`` -> per-model options."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        model, dot, name = key.partition(".")
+        if not (sep and dot and model and name):
+            raise ValueError(f"--option {pair!r}: expected MODEL.NAME=VALUE")
+        out.setdefault(model, {})[name] = _value(value)
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="run directory")
+    parser.add_argument("--models", default="reaxff",
+                        help="comma-separated energy models, relaxed in this order "
+                             "(reaxff, mace, chgnet, gulp, tersoff, rebo, airebo)")
+    parser.add_argument("--input", default="prerelaxed", help="table to rank")
+    parser.add_argument("--output", default="ranked", help="table to write")
+    parser.add_argument("--only-valid-env", action="store_true",
+                        help="rank only rows whose valid_env is true")
+    parser.add_argument("--option", action="append", default=[], metavar="MODEL.NAME=VALUE",
+                        help="back-end option, e.g. reaxff.ffield=ffield.reax.cho, "
+                             "mace.model=/path/file.model, mace.dispersion=true")
+    defaults = RelaxSettings()
+    g = parser.add_argument_group("relaxation")
+    g.add_argument("--fmax", type=float, default=None,
+                   help="force criterion, eV/Å (default: by size, 0.1 below 100 atoms)")
+    g.add_argument("--steps", type=int, default=None,
+                   help="step budget (default: by size, 250 below 100 atoms)")
+    g.add_argument("--timeout", type=float, default=defaults.timeout,
+                   help="wall-clock seconds per structure")
+    g.add_argument("--maxstep", type=float, default=defaults.maxstep, help="FIRE maxstep, Å")
+    g.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                   help="structures per batch for batched models (MACE)")
+    g.add_argument("--retries", type=int, default=defaults.retries,
+                   help="retries of a structure whose child process died")
+
+
+def command(args: argparse.Namespace) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    options = parse_options(args.option)
+    names = {f.name for f in fields(RelaxSettings)}
+    settings = RelaxSettings(**{k: v for k, v in vars(args).items()
+                                if k in names and v is not None})
+    try:
+        for m in models:
+            get_model(m, **options.get(m, {}))
+    except (ModelUnavailable, KeyError) as exc:
+        log.error("rank: %s", exc)
+        return 2
+    log.info("rank: models %s, settings %s", models, asdict(settings))
+    result = rank(Run(args.run), models, args.input, args.output, options, settings,
+                  args.only_valid_env)
+    print(result)
+    return 0

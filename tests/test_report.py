@@ -1,0 +1,89 @@
+"""The report page, SQL over a run, and export of structures, on the tiny run."""
+
+from __future__ import annotations
+
+import base64
+import re
+
+import pandas as pd
+import pytest
+from ase.db import connect
+from ase.io import read
+
+from legodask import codec
+from legodask import tables
+from legodask.cli import main
+from legodask.energy.relax import atoms_to_text
+from legodask.export import export
+from legodask.query import query
+from legodask.store import Run
+from test_metrics import build_tiny_run
+
+
+@pytest.fixture(scope="module")
+def run(sacada_db, tmp_path_factory) -> Run:
+    """The tiny run of test_metrics, with a relaxed geometry on row s5 (crystal C,
+    cell stretched by 3 %)."""
+    r = build_tiny_run(tmp_path_factory.mktemp("rep") / "run", sacada_db)
+    ranked = r.read("ranked").compute()
+    relaxed = codec.row_to_atoms(ranked.set_index("id").loc["s5"].to_dict())
+    relaxed.set_cell(relaxed.cell * 1.03, scale_atoms=True)
+    ranked["relaxed_reaxff"] = [atoms_to_text(relaxed) if i == "s5" else None
+                                for i in ranked["id"]]
+    r.table_path("ranked").rename(r.path / "old")      # rewrite the table in place
+    r.write_frame_table("ranked", ranked)
+    return r
+
+
+def test_report_is_self_contained_with_its_plots(run, capsys):
+    assert main(["report", "--run", str(run.path)]) == 0
+    page = run.file("report.html").read_text()
+    images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert [t for t, _ in images] == ["Counts", "Energy distribution", "Complexity"]
+    for _, b64 in images:
+        png = base64.b64decode(b64)
+        assert png.startswith(b"\x89PNG") and len(png) > 5000
+    assert "<td>10</td><td>8</td><td>7</td><td>4</td><td>2</td>" in page
+    assert "src=\"http" not in page and "<script" not in page     # nothing fetched
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_query_views_and_output(run, tmp_path, capsys):
+    df = query(run, "SELECT valid_xtal, count(*) AS n FROM samples GROUP BY 1 ORDER BY 1")
+    assert df.to_dict("list") == {"valid_xtal": [False, True], "n": [2, 8]}
+    out = tmp_path / "low.csv"
+    assert main(["query", str(run.path), "SELECT r.id, r.e_above_reaxff FROM ranked r JOIN "
+                 "fingerprints f USING (id) WHERE f.is_new ORDER BY r.id", "--out", str(out)]) == 0
+    csv = pd.read_csv(out)
+    assert csv["id"].tolist() == ["s0", "s3", "s5", "s6"]            # first row of A B C D
+    assert "s0" in capsys.readouterr().out
+
+
+def test_export_formats_use_the_relaxed_geometry(run, tmp_path):
+    where = "e_above_reaxff < 0.5"               # s0 s1 s2 (A), s4 (B), s5 (C)
+    n, bad = export(run, "ranked", tmp_path / "cif", "cif", where)
+    assert (n, bad) == (5, 0)
+    assert sorted(p.stem for p in (tmp_path / "cif").glob("*.cif")) == ["s0", "s1", "s2", "s4", "s5"]
+    ranked = run.read("ranked").compute().set_index("id")
+    c_row = codec.row_to_atoms(ranked.loc["s5"].to_dict())
+    c_cif = read(tmp_path / "cif" / "s5.cif")
+    assert c_cif.cell.cellpar()[:3] == pytest.approx(c_row.cell.cellpar()[:3] * 1.03, rel=1e-4)
+    a_cif = read(tmp_path / "cif" / "s0.cif")
+    assert len(a_cif) == ranked.loc["s0", "natoms"]
+
+    assert export(run, "ranked", tmp_path / "x", "extxyz", where, unique=True) == (2, 0)
+    frames = read(tmp_path / "x" / "structures.extxyz", index=":")
+    assert [f.info["sid"] for f in frames] == ["s0", "s5"]          # first of A and C
+    assert frames[0].info["e_above_reaxff"] == pytest.approx(0.10)
+
+    assert main(["export", "--run", str(run.path), "--where", where, "--format", "ase-db",
+                 "--out", str(tmp_path / "db")]) == 0
+    db = connect(tmp_path / "db" / "structures.db")
+    assert db.count() == 5 and {r.sid for r in db.select("spg=214")} == {"s0", "s1"}
+
+
+def test_tables_api(run):
+    assert {"samples", "prerelaxed", "ranked", "fingerprints"} <= set(tables.names(run.path))
+    assert tables.load(run.path, "samples").shape[0].compute() == 10
+    uniq = tables.unique(run.path).compute()
+    assert sorted(uniq["id"]) == ["s0", "s3", "s5", "s6"]

@@ -1,0 +1,79 @@
+"""Stats: counts, symmetries, regenerated training rows and marginals, against a
+table whose answers are known by construction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_encode import training_table
+
+from legodask import cli, codec
+from legodask import schema as S
+from legodask.stats import Tolerance, stats_stage, symmetry_key, symmetry_label
+from legodask.store import Run
+
+
+def test_symmetry_key_ignores_site_order() -> None:
+    a = S.conform(pd.DataFrame({"spg": [227, 227, 191], "wp0": [3, 1, 1], "wp1": [1, 3, -1]}))
+    k = symmetry_key(a)
+    assert k[0] == k[1] != k[2]
+    assert symmetry_label(k[0]) == "227:1,3" and symmetry_label(k[2]) == "191:1"
+
+
+@pytest.fixture(scope="module")
+def run(sacada_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """Training: 12 rows of 4 crystals.  Samples: 5 training rows as they are, 3 moved
+    by 0.01 (beyond the tolerance), 2 moved by 0.001 Å in a (within), one crystal of
+    a symmetry not in training, and 2 invalid rows."""
+    train = training_table(sacada_db, n_structures=4)
+    run = Run(tmp_path_factory.mktemp("stats"))
+    run.write_frame_table("augmented", train, meta=S.empty_frame(), rows_per_part=5)
+    same = train.iloc[:5].copy()
+    far = train.iloc[5:8].copy()
+    far["x0"] = (far["x0"] + 0.01) % 1
+    near = train.iloc[8:10].copy()
+    near["a"] += 0.001
+    other = S.conform(pd.DataFrame([codec.atoms_to_row(_graphite())]))
+    bad = train.iloc[:2].assign(valid_xtal=False, error="made up")
+    samples = pd.concat([same, far, near, other, bad], ignore_index=True)
+    samples["id"] = [f"s-{i}" for i in range(len(samples))]
+    run.write_frame_table("samples", S.conform(samples), meta=S.empty_frame(), rows_per_part=4)
+    return run
+
+
+def _graphite():  # type: ignore[no-untyped-def]
+    from ase.build import graphene
+
+    atoms = graphene(a=2.46, vacuum=3.35)
+    atoms.cell[2, 2] = 6.7
+    return atoms
+
+
+def test_sample_stats_count_what_was_built(run: Run) -> None:
+    stats = stats_stage(run, "samples")
+    assert stats["training"] == "augmented"
+    assert (stats["rows"], stats["valid_xtal"]) == (13, 11)
+    assert stats["training_symmetries"] == 4
+    assert stats["symmetries"] == 5 and stats["new_symmetries"] == 1
+    assert stats["rows_regenerating_training"] == 7
+    assert stats["training_rows_regenerated"] == 7
+    h = np.asarray(stats["histograms"]["sample"])
+    assert h.shape == (6, 100) and (h.sum(1) == 11).all()
+    assert run.file("stats-samples.png").stat().st_size > 1000
+
+
+def test_tolerance_decides_what_is_regenerated(run: Run) -> None:
+    loose = stats_stage(run, "samples", tol=Tolerance(coord=0.02))
+    assert loose["rows_regenerating_training"] == 10
+    tight = stats_stage(run, "samples", tol=Tolerance(length=1e-4))
+    assert tight["rows_regenerating_training"] == 5
+
+
+def test_cli_prints_paper_table_for_augmented(run: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["stats", "--run", str(run.path), "--table", "augmented"]) == 0
+    out = capsys.readouterr().out
+    assert "v3-240k" in out and "242,766" in out and "485" in out
+    assert "12 valid crystals" in out
