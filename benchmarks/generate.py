@@ -234,26 +234,43 @@ def peak_memory(n: int, rows_per_part: int, epochs: int, workdir: Path) -> dict:
             "peak_rss_largest_process_mb": peak["worker"] / 2**20}
 
 
-def write_markdown(res: dict, cmd: str) -> None:
-    lines = ["# generate: our GAN/VAE against the ctgan package", "", f"Command: `{cmd}`", "",
-             f"Data: {res['train_rows']} training rows ({res['train_structures']} SACADA crystals "
-             f"with orbit representatives), {res['epochs']} epochs, batch 500, "
-             f"{res['n']} samples per model decoded, sampling speed of the model alone timed on "
-             f"{N_SPEED:,} rows; CPU (2 cores shared with other jobs, OMP_NUM_THREADS=1). "
-             "Ours: `cont` mode; GAN lr 2e-4, VAE lr 1e-3 (TVAE's); ctgan: the same "
-             "network sizes, its own defaults otherwise.", "",
-             "| model | s / epoch | rows/s (model) | rows/s (incl. decode) | valid % | "
-             "training crystals regenerated | symmetries (new) |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in res["models"].items():
-        lines.append(f"| {name} | {r['seconds_per_epoch']:.3f} | {r['rows_per_second_model']:,.0f} | "
-                     f"{r['rows_per_second_with_decode']:,.0f} | {100 * r['valid_share']:.1f} | "
-                     f"{r['training_structures_regenerated']} / {res['train_structures']} | "
-                     f"{r['symmetries']} ({r['new_symmetries']}) |")
-    if res.get("ctgan_error"):
-        lines += ["", f"ctgan could not be run: {res['ctgan_error']}"]
-    lines += ["", "Paper (H100): 10-20 min per 250 epochs, 1-2 min per 1,000 samples, "
-              "~98 % valid crystals after 250-1000 epochs on 60k-240k rows."]
+def write_markdown() -> None:
+    """``generate.md`` from ``generate.json`` and ``generate-memory.json`` (either may
+    be missing)."""
+    lines = ["# generate: our GAN/VAE against the ctgan package", ""]
+    f = RESULTS / "generate.json"
+    if f.exists():
+        res = json.loads(f.read_text())
+        lines += [f"Command: `{res['command']}`", "",
+                  f"Data: {res['train_rows']} training rows ({res['train_structures']} SACADA "
+                  f"crystals with orbit representatives), {res['epochs']} epochs, batch 500, "
+                  f"{res['n']} samples per model decoded, sampling speed of the model alone "
+                  f"timed on {N_SPEED:,} rows; CPU (2 cores shared with other jobs, "
+                  "OMP_NUM_THREADS=1). Ours: `cont` mode; GAN lr 2e-4, VAE lr 1e-3 (TVAE's); "
+                  "ctgan: the same network sizes, its own defaults otherwise.", "",
+                  "| model | s / epoch | rows/s (model) | rows/s (incl. decode) | valid % | "
+                  "training crystals regenerated | symmetries (new) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        for name, r in res["models"].items():
+            lines.append(
+                f"| {name} | {r['seconds_per_epoch']:.3f} | {r['rows_per_second_model']:,.0f} | "
+                f"{r['rows_per_second_with_decode']:,.0f} | {100 * r['valid_share']:.1f} | "
+                f"{r['training_structures_regenerated']} / {res['train_structures']} | "
+                f"{r['symmetries']} ({r['new_symmetries']}) |")
+        if res.get("ctgan_error"):
+            lines += ["", f"ctgan could not be run: {res['ctgan_error']}"]
+        lines += ["", "Paper (H100): 10-20 min per 250 epochs, 1-2 min per 1,000 samples, "
+                  "~98 % valid crystals after 250-1000 epochs on 60k-240k rows."]
+    f = RESULTS / "generate-memory.json"
+    if f.exists():
+        m = json.loads(f.read_text())
+        lines += ["", "## Peak memory of the sample stage", "", f"Command: `{m['command']}`", "",
+                  f"{m['n']:,} rows in {m['partitions']} partitions of {m['rows_per_part']:,} "
+                  f"on a LocalCluster of {m['workers']} workers: {m['seconds']:.0f} s "
+                  f"({m['rows_per_second']:.0f} rows/s, decoding included), "
+                  f"{100 * m['valid_share']:.1f} % valid; peak resident memory "
+                  f"{m['peak_rss_total_mb']:,.0f} MB for all processes, "
+                  f"{m['peak_rss_largest_process_mb']:,.0f} MB for the largest worker."]
     (RESULTS / "generate.md").write_text("\n".join(lines) + "\n")
 
 
@@ -278,9 +295,10 @@ def main() -> int:
             res = peak_memory(args.memory, args.rows_per_part, 5, Path(tmp))
             res["command"] = cmd
             (RESULTS / "generate-memory.json").write_text(json.dumps(res, indent=1))
+            write_markdown()
             print(json.dumps(res, indent=1))
             return 0
-        n_struct, reps = (40, 5) if args.quick else (150, 20)
+        n_struct, reps = (40, 5) if args.quick else (150, 10)
         epochs = args.epochs or (20 if args.quick else 100)
         n = 1000 if args.quick else 2000
         train = training_rows(n_struct, reps)
@@ -293,7 +311,7 @@ def main() -> int:
         except (OSError, subprocess.CalledProcessError) as exc:
             res["ctgan_error"] = str(exc)
     (RESULTS / "generate.json").write_text(json.dumps(res, indent=1))
-    write_markdown(res, cmd)
+    write_markdown()
     print((RESULTS / "generate.md").read_text())
     return 0
 

@@ -93,6 +93,8 @@ def project(ops: WyckoffOps, xyz: np.ndarray, metric: np.ndarray) -> tuple[np.nd
     ``x`` of the orbit (orbit point ``j`` is ``A[j] x + t[j]``) and the distance moved.
     """
     p = xyz - np.floor(xyz)
+    if ops.dof == 3:  # a general position: every point is on it, as itself
+        return _wrap(p), ops.pinv[0] @ (p - ops.t[0]), 0.0
     # displacement from each subspace's anchor, over lattice shifts: (J, 27, 3)
     d = p[None, None, :] - ops.t[:, None, :] - _SHIFTS[None, :, :]
     if ops.dof:

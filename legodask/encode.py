@@ -207,8 +207,9 @@ class Encoder:
                 df[S.EL[k]] = np.where(used, self.element, None)
             else:
                 df[S.EL[k]] = df[S.EL[k]].where(used & (df[S.EL[k]] != _PAD), None)
-            for c in S.XYZ[k]:
-                df[c] = (df[c] % 1.0).where(used)   # fractional coordinates are periodic
+            for c in S.XYZ[k]:   # fractional coordinates are periodic: wrap far outliers
+                x = df[c]
+                df[c] = x.where((x > -1e-6) & (x < 1 + 1e-6), x % 1.0).where(used)
         return S.conform(df)
 
     # -- persistence ---------------------------------------------------------
@@ -243,26 +244,22 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
 
     ddf = df_or_ddf if isinstance(df_or_ddf, dd.DataFrame) else dd.from_pandas(df_or_ddf, npartitions=1)
     grid = grid or Grid()
-    elements = ddf[S.EL].map_partitions(_element_set, meta=(None, object))
-    n_rows = ddf.shape[0]
-    n, element_sets = dask.compute(n_rows, elements)
-    element_set = set().union(*element_sets)
+    parts = dask.compute(*[dask.delayed(_rows_and_elements)(p) for p in ddf[S.EL].to_delayed()])
+    n = sum(rows for rows, _ in parts)
+    element_set = set().union(*(elements for _, elements in parts))
     single = len(element_set) <= 1
     discrete = ["spg", *S.WP, *([] if single else S.EL)]
+    uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
     if mode == "dis":
         binned = ddf.map_partitions(lambda p: grid.to_bins(S.conform(p))[CONTINUOUS],
                                     meta=pd.DataFrame({c: pd.Series(dtype=float) for c in CONTINUOUS}))
-        uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
-        uniques += [binned[c].unique() for c in CONTINUOUS]
-        names = discrete + CONTINUOUS
-        values = dask.compute(*uniques)
+        values = dask.compute(*uniques, *[binned[c].unique() for c in CONTINUOUS])
         columns: list[Categorical | Mixture] = [
             Categorical(c, sorted((_python(v) for v in vals), key=_sort_key))
-            for c, vals in zip(names, values)]
+            for c, vals in zip(discrete + CONTINUOUS, values)]
     else:
         frac = min(1.0, fit_rows / max(n, 1))
         sample = ddf[CONTINUOUS].sample(frac=frac, random_state=seed) if frac < 1 else ddf[CONTINUOUS]
-        uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
         nans = [ddf[c].isna().any() for c in CONTINUOUS]
         values = dask.compute(*uniques, *nans, sample)
         sample_df = values[-1]
@@ -273,9 +270,8 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
     return Encoder(mode, columns, next(iter(element_set)) if single and element_set else None, grid)
 
 
-def _element_set(p: pd.DataFrame) -> set[str]:
-    vals = p.to_numpy().ravel()
-    return {v for v in vals if isinstance(v, str)}
+def _rows_and_elements(p: pd.DataFrame) -> tuple[int, set[str]]:
+    return len(p), {v for v in p.to_numpy().ravel() if isinstance(v, str)}
 
 
 def _sort_key(v: Any) -> tuple[int, Any]:

@@ -86,6 +86,7 @@ class Options:
     max_step: float = 0.2       # batched: largest step per structure (scaled, ~Å)
     budget: float = 60.0        # seconds per structure (per batch on the batched path)
     batch_size: int = 256
+    scipy_unit: float = 1.0     # Å per scaled variable in L-BFGS-B (its first step is 1 unit)
     seed: int = 0
 
 
@@ -471,9 +472,9 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
     params = params or SO3Params(rcut=env.rcut)
     t0 = time.perf_counter()
     batch = make_batch([p], [p.x0], env, params)
-    unit = p.unit
+    unit = p.unit * opts.scipy_unit
     lo, hi = bounds(p)
-    best = {"loss": math.inf, "x": p.x0.copy(), "calls": 0}
+    best = {"loss": math.inf, "x": p.x0.copy()}
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if time.perf_counter() - t0 > opts.budget:
@@ -481,7 +482,6 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
         x = y * unit
         loss, grad = loss_and_grad(batch, torch.as_tensor(x, dtype=torch.float64))
         value = float(loss[0])
-        best["calls"] += 1
         if not math.isfinite(value):
             return 1e10, np.zeros_like(y)
         if value < best["loss"]:
@@ -491,6 +491,12 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
     scaled_bounds = list(zip(lo / unit, hi / unit))
     scaled_bounds = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b)
                      for a, b in scaled_bounds]
+
+    def lbfgs(y: np.ndarray) -> int:
+        res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
+                       options={"maxiter": opts.maxiter, "ftol": opts.ftol, "gtol": opts.fmax})
+        return int(res.nit)
+
     rng = np.random.default_rng(opts.seed)
     nit = 0
     error = None
@@ -500,17 +506,12 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
             res = minimize(lambda v: fun(v)[0], y, method="Nelder-Mead", bounds=scaled_bounds,
                            options={"maxiter": opts.nelder_mead})
             y, nit = res.x, nit + res.nit
-        res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
-                       options={"maxiter": opts.maxiter, "ftol": opts.ftol, "gtol": opts.fmax})
-        nit += res.nit
-        for _ in range(opts.hops):
+        nit += lbfgs(y)
+        for _ in range(opts.hops):  # basin hopping: restart near the best point
             if best["loss"] < opts.hop_above:
                 break
-            y = best["x"] / unit + rng.normal(0, 0.3, len(y))
-            y = np.clip(y, lo / unit, hi / unit)
-            res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
-                           options={"maxiter": opts.maxiter, "ftol": opts.ftol, "gtol": opts.fmax})
-            nit += res.nit
+            y = np.clip(best["x"] / unit + rng.normal(0, 0.3, len(y)), lo / unit, hi / unit)
+            nit += lbfgs(y)
     except BudgetExceeded as exc:
         error = str(exc)
     if not math.isfinite(best["loss"]):
@@ -775,6 +776,10 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
             except Exception as exc:  # a bad row is recorded, never fatal
                 out[k] = _failed(rec, f"{type(exc).__name__}: {exc}")
     mode = _resolve_device(device)
+    if mode != "cuda":
+        import torch
+
+        torch.set_num_threads(1)  # small tensors; dask runs one task per core
     if mode == "scipy":
         for k, p in todo:
             out[k] = _guarded(records[k], lambda p=p: relax_scipy(p, env, options), p, env)

@@ -71,6 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="hidden layer widths of every network (default 512 512; "
                         "the GAN's discriminator 256 256)")
     parser.add_argument("--embedding-dim", type=int, default=128, help="noise / latent size")
+    parser.add_argument("--pac", type=int, default=None,
+                        help="GAN: rows the discriminator judges together (default 10)")
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="GAN: discriminator dropout (default 0.5)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--seed", type=int, default=0)
 
@@ -78,8 +82,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
     """Model hyper-parameters from the command line."""
     hp: dict[str, Any] = {"batch_size": args.batch_size, "embedding_dim": args.embedding_dim}
-    if args.lr is not None:
-        hp["lr"] = args.lr
+    optional = {"lr": args.lr}
+    if args.model == "gan":
+        optional.update(pac=args.pac, dropout=args.dropout)
+    hp.update({k: v for k, v in optional.items() if v is not None})
     if args.hidden:
         keys = (("generator_dim", "discriminator_dim") if args.model == "gan"
                 else ("compress_dims", "decompress_dims"))

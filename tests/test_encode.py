@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legodask import codec
+from legodask import cli, codec
 from legodask import encode as E
 from legodask import schema as S
 from legodask.store import Run
@@ -129,3 +129,8 @@ def test_encode_stage_writes_chunked_zarr(table: pd.DataFrame, tmp_path: Path) -
     assert enc2.to_dict() == enc.to_dict()
     back = enc2.inverse_transform(arr[:])
     _assert_same(table.reset_index(drop=True), back, atol=1e-5)
+    # the command line re-encodes in the other mode
+    assert cli.main(["encode", "--run", str(run.path), "--mode", "dis"]) == 0
+    arr, enc3 = E.open_features(run)
+    assert enc3.mode == "dis" and arr.shape == (len(table), enc3.width)
+    assert set(np.unique(arr[:])) == {0.0, 1.0}

@@ -78,3 +78,16 @@ def test_cli_sample_on_a_local_cluster(trained: Run) -> None:
     # the same rows whichever process drew them
     pd.testing.assert_series_equal(df["a"].reset_index(drop=True), local["a"], check_names=False)
     assert models.load(trained.model_dir("vae-cont"))[0].kind == "vae"
+
+
+def test_train_options_become_hyper_parameters() -> None:
+    from legodask.train import hparams_of
+
+    args = cli.build_parser().parse_args(
+        ["train", "--run", "r", "--model", "gan", "--hidden", "64", "64", "--pac", "1"])
+    hp = hparams_of(args)
+    assert hp["generator_dim"] == hp["discriminator_dim"] == (64, 64)
+    assert hp["pac"] == 1 and "lr" not in hp and "dropout" not in hp
+    vae = hparams_of(cli.build_parser().parse_args(
+        ["train", "--run", "r", "--model", "vae", "--lr", "0.01", "--pac", "5"]))
+    assert vae["lr"] == 0.01 and "pac" not in vae

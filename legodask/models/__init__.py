@@ -64,45 +64,37 @@ class ChunkStream:
 
 class Layout:
     """The encoder's spans as index tensors, so that activations and losses over all
-    one-hot blocks are a few tensor operations, not a loop over columns: the blocks
-    are gathered into a padded ``(rows, blocks, widest)`` tensor."""
+    one-hot blocks are a few tensor operations, not a loop over columns: blocks of
+    the same width are gathered together into a ``(rows, blocks, width)`` tensor."""
 
     def __init__(self, spans: Sequence[Span], device: torch.device):
-        onehots = [s for s in spans if s.kind == "onehot"]
-        widest = max((s.dim for s in onehots), default=1)
-        idx = np.zeros((len(onehots), widest), np.int64)
-        mask = np.zeros((len(onehots), widest), bool)
-        for b, s in enumerate(onehots):
-            idx[b, :s.dim] = np.arange(s.offset, s.offset + s.dim)
-            mask[b, :s.dim] = True
         self.scalars = torch.as_tensor([s.offset for s in spans if s.kind == "scalar"],
                                        dtype=torch.long, device=device)
-        self.idx = torch.as_tensor(idx, device=device)
-        self.mask = torch.as_tensor(mask, device=device)
-        self.flat = self.idx[self.mask]
-
-    def blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """One-hot blocks of ``x``, padded with -inf: (rows, blocks, widest)."""
-        return x[:, self.idx].masked_fill(~self.mask, float("-inf"))
+        widths = sorted({s.dim for s in spans if s.kind == "onehot"})
+        self.groups = [torch.as_tensor([list(range(s.offset, s.offset + s.dim)) for s in spans
+                                        if s.kind == "onehot" and s.dim == w], device=device)
+                       for w in widths]
 
     def activate(self, raw: torch.Tensor, tau: float = 0.2,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Generator output -> features: tanh for scalars, Gumbel-softmax (noise from
         ``generator`` when given) for one-hots."""
-        u = torch.rand(raw.shape[0], *self.idx.shape, generator=generator).to(raw.device)
-        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-        soft = torch.softmax((self.blocks(raw) + gumbel) / tau, dim=-1)
-        out = torch.zeros_like(raw)
+        out = torch.empty_like(raw)
         out[:, self.scalars] = torch.tanh(raw[:, self.scalars])
-        out[:, self.flat] = soft[:, self.mask]
+        for idx in self.groups:
+            u = torch.rand(raw.shape[0], *idx.shape, generator=generator).to(raw.device)
+            gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+            out[:, idx] = torch.softmax((raw[:, idx] + gumbel) / tau, dim=-1)
         return out
 
     def cross_entropy(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Summed cross-entropy of every one-hot block of ``logits`` against the
         categories set in ``target``."""
-        logp = torch.log_softmax(self.blocks(logits), dim=-1)
-        tgt = target[:, self.idx].masked_fill(~self.mask, -1.0).argmax(-1, keepdim=True)
-        return -logp.gather(-1, tgt).sum()
+        loss = logits.new_zeros(())
+        for idx in self.groups:
+            logp = torch.log_softmax(logits[:, idx], dim=-1)
+            loss = loss - logp.gather(-1, target[:, idx].argmax(-1, keepdim=True)).sum()
+        return loss
 
 
 class TabularModel(ABC):
