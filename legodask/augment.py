@@ -480,7 +480,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eps", type=float, default=None,
                         help="random distortion in Å (default 0.001)")
     parser.add_argument("--timeout", type=float, default=None,
-                        help="seconds per structure (default 60)")
+                        help="seconds per structure (default 60; raise it with "
+                             "--check prerelax, which pre-relaxes every subgroup)")
     parser.add_argument("--check", choices=["prerelax", "env", "none"], default=None,
                         help="environment test of each representation (default env)")
     parser.add_argument("--env", dest="environment", default=None,

@@ -64,9 +64,8 @@ _CELL_VARS = {
     "triclinic": (0, 1, 2, 3, 4, 5),
 }
 
-EXTRA_DTYPES = {"loss": "float64", "valid_env": "bool", "env_error": "object",
-                "iterations": "int32", "seconds": "float64"}
-assert list(EXTRA_DTYPES) == S.PRERELAX
+# the columns this stage adds (named in schema.PRERELAX) and their dtypes
+EXTRA_DTYPES = dict(zip(S.PRERELAX, ["float64", "bool", "object", "int32", "float64"]))
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Options:
     max_step: float = 0.2       # batched: largest step per structure (scaled, ~Å)
     budget: float = 60.0        # seconds per structure (per batch on the batched path)
     batch_size: int = 256
-    scipy_unit: float = 1.0     # Å per scaled variable in L-BFGS-B (its first step is 1 unit)
+    scipy_unit: float = 0.1     # Å per scaled variable in L-BFGS-B (its first step is 1 unit)
     seed: int = 0
 
 
@@ -494,7 +493,8 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
 
     def lbfgs(y: np.ndarray) -> int:
         res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
-                       options={"maxiter": opts.maxiter, "ftol": opts.ftol, "gtol": opts.fmax})
+                       options={"maxiter": opts.maxiter, "ftol": opts.ftol,
+                                "gtol": opts.fmax * opts.scipy_unit})  # fmax is per Å
         return int(res.nit)
 
     rng = np.random.default_rng(opts.seed)
@@ -794,13 +794,15 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
                 log.warning("batch of %d failed (%s); relaxing one by one", len(chunk), exc)
                 results = [None] * len(chunk)
             for (k, p), res in zip(chunk, results):
-                out[k] = (_finish(records[k], p, res, env) if res is not None else
-                          _guarded(records[k], lambda p=p: relax_scipy(p, env, options), p, env))
+                relax = ((lambda res=res: res) if res is not None else
+                         (lambda p=p: relax_scipy(p, env, options)))
+                out[k] = _guarded(records[k], relax, p, env)
     frame = pd.DataFrame.from_records(out, index=df.index)
     return S.conform(frame, extra)[list(S.empty_frame(extra).columns)]
 
 
 def _guarded(row: Mapping[str, Any], relax: Any, p: Problem, env: Environment) -> dict[str, Any]:
+    """``_finish`` of ``relax()``'s outcome, or the row with the exception as its error."""
     try:
         return _finish(row, p, relax(), env)
     except Exception as exc:  # anything unforeseen is a recorded failure

@@ -8,10 +8,8 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from scipy.special import spherical_in
-
-from legodask.descriptor import (SO3Params, SO3Torch, _spherical_in_torch, power_spectrum,
-                                 real_sph)
+from legodask.descriptor import (SO3Params, SO3Torch, _monomials, _sph_monomial_table,
+                                 power_spectrum, radial_functions, real_sph)
 from legodask.environment import get_environment
 
 
@@ -82,17 +80,32 @@ def test_graphite_reference_spectrum():
     assert p[0, 0] == pytest.approx(16.6991445, rel=1e-7)
 
 
-def test_real_harmonics_sum_rule_and_bessel():
+def test_real_harmonics_sum_rule_and_polynomial_form():
     u = np.random.default_rng(0).normal(size=(50, 3))
     u /= np.linalg.norm(u, axis=1)[:, None]
     y = real_sph(u, 4, np.stack)
     for l in range(5):
         np.testing.assert_allclose((y[:, l * l:(l + 1) ** 2] ** 2).sum(1),
                                    (2 * l + 1) / (4 * np.pi), rtol=1e-12)
-    x = np.linspace(0.0, 20.0, 4001)
-    ours = _spherical_in_torch(4, torch.as_tensor(x)).numpy()
-    ref = np.stack([spherical_in(l, x) for l in range(5)], -1)
-    np.testing.assert_allclose(ours, ref, rtol=1e-11, atol=1e-300)
+    poly = _monomials(u, 4, np.concatenate, np.einsum) @ _sph_monomial_table(4)
+    np.testing.assert_allclose(poly, y, atol=1e-13)
+
+
+def test_radial_table_interpolates_the_exact_radial_factor():
+    params = SO3Params(rcut=2.1)
+    so3 = SO3Torch(params)
+    r = np.random.default_rng(1).uniform(0.01, 2.1, 500)
+    exact, slope = radial_functions(r, params)
+    rt = torch.tensor(r, requires_grad=True)
+    got = so3._radial(rt)
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(got.detach().numpy(), exact, atol=1e-11 * scale)
+    (grad,) = torch.autograd.grad(got.sum(), rt)
+    np.testing.assert_allclose(grad.numpy(), slope.sum((1, 2)), atol=1e-7 * np.abs(slope).max())
+    # the slope itself is the derivative of the value
+    h = 1e-6
+    fd = (radial_functions(r + h, params)[0] - radial_functions(r - h, params)[0]) / (2 * h)
+    np.testing.assert_allclose(slope, fd, atol=1e-6 * np.abs(slope).max())
 
 
 def test_torch_gradient_matches_finite_differences():
