@@ -205,6 +205,8 @@ def markdown(res: dict, cmd: str) -> str:
             "never reads the augmented table whole (unique symmetries are counted per "
             "partition)."]
     out += [f"\n{r['preset']}: {r['note']}" for r in res["presets"] if r.get("note")]
+    if res.get("note"):
+        out += ["", res["note"]]
     frac = [r for r in res["presets"] if r.get("fraction")]
     for r in frac:
         out += ["", f"The {r['preset']} preset ran on every {r['fraction']}th structure "

@@ -45,7 +45,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import training_rows  # noqa: E402
 
 from legodask import codec  # noqa: E402
-from legodask import schema as S  # noqa: E402
 from legodask.environment import check_atoms, get_environment  # noqa: E402
 from legodask.prerelax import (Options, build_problem, relax_batch, relax_scipy,  # noqa: E402
                                relaxed_row)
@@ -221,9 +220,9 @@ def summary(name: str, code: str, results: list[dict]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small subsets")
-    ap.add_argument("--n-pyxtal", type=int, default=20, help="structures for PyXtal per set")
-    ap.add_argument("--n-random", type=int, default=100, help="generated-like rows")
-    ap.add_argument("--batch-rows", type=int, default=280,
+    ap.add_argument("--n-pyxtal", type=int, default=12, help="structures for PyXtal per set")
+    ap.add_argument("--n-random", type=int, default=60, help="generated-like rows")
+    ap.add_argument("--batch-rows", type=int, default=256,
                     help="rows for the batched-vs-scipy timing (one batch)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -234,27 +233,32 @@ def main() -> None:
     n_rand = 30 if args.quick else args.n_random
     bias = perturbed(train.iloc[:n_train], seed=1)
     rand = generated_like(train, n_rand, seed=2)
-    rows = []
-    for name, data in (("perturbed training (0.5 Å)", bias), ("generated-like", rand)):
-        sub = data[::max(1, len(data) // n_pyx)][:n_pyx]  # spread over the set
-        t = time.time()
-        pyx = run_pyxtal(sub, env)
-        print(f"{name}: pyxtal {len(sub)} in {time.time() - t:.0f} s", flush=True)
-        ours_sub = run_scipy(sub, env)
-        ours_all = run_scipy(data, env)
-        print(f"{name}: legodask {len(data)} in {time.time() - t:.0f} s", flush=True)
-        rows += [summary(name, "pyxtal (reference chain)", pyx),
-                 summary(name, "legodask scipy, same subset", ours_sub),
-                 summary(name, "legodask scipy, all", ours_all)]
-        if name.startswith("perturbed"):
-            rows.append(summary(name, "legodask batched torch (CPU), all",
-                                run_batched(data, env, batch=len(data))))
+    rows: list[dict] = []
+    # results are written after every block, so that a cut run still reports
+    name = "perturbed training (0.5 Å)"
+    sub = bias[::max(1, len(bias) // n_pyx)][:n_pyx]  # spread over the set
+    rows += [summary(name, "pyxtal (reference chain)", run_pyxtal(sub, env)),
+             summary(name, "legodask scipy, same subset", run_scipy(sub, env)),
+             summary(name, "legodask batched torch (CPU), same subset",
+                     run_batched(sub, env, batch=len(sub))),
+             summary(name, "legodask scipy, all", run_scipy(bias, env)),
+             summary(name, "legodask batched torch (CPU), all",
+                     run_batched(bias, env, batch=len(bias)))]
+    report(rows, args)
     # the batched path against the scipy one on one batch of >= 256 rows
     n_b = 64 if args.quick else args.batch_rows
     big = perturbed(train.sample(n_b, replace=True, random_state=3), seed=4)
     rows.append(summary(f"perturbed, {n_b} rows", "legodask scipy", run_scipy(big, env)))
     rows.append(summary(f"perturbed, {n_b} rows", f"legodask batched torch (CPU), batch {n_b}",
                         run_batched(big, env, batch=n_b)))
+    report(rows, args)
+    name = "generated-like"
+    sub = rand[:n_pyx]
+    rows += [summary(name, "pyxtal (reference chain)", run_pyxtal(sub, env)),
+             summary(name, "legodask scipy, same subset", run_scipy(sub, env)),
+             summary(name, "legodask scipy, all", run_scipy(rand, env)),
+             summary(name, "legodask batched torch (CPU), all",
+                     run_batched(rand, env, batch=len(rand)))]
     report(rows, args)
 
 

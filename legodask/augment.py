@@ -362,25 +362,43 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
     return errors
 
 
+def orbit(site: codec.Site) -> np.ndarray:
+    """Fractional coordinates of every atom of a site's orbit, in [0, 1), in the
+    order of its Wyckoff operations.  Written out element by element (the
+    operations' matrices hold 0 and +-1) so that the values do not depend on how
+    BLAS sums a product, which may differ between processes by one unit in the
+    last place and would break byte-identical tables."""
+    A, t, f = site.wp.A, site.wp.t, site.free
+    v = A[:, :, 0] * f[0] + A[:, :, 1] * f[1] + A[:, :, 2] * f[2] + t
+    v = v - np.floor(v)
+    return np.where(v >= 1.0 - 1e-12, 0.0, v)
+
+
 def augment_structure(row: Mapping[str, Any], p: Params,
                       check: Callable[[codec.Decoded], str | None]) -> pd.DataFrame:
     """All augmented rows of one training structure (raises on failure).  Rows are
     gathered as one frame per representation, which keeps a task's memory small."""
     pid = str(row["id"])
     swaps = task_rng(p.seed, pid, SWAPS)
-    extra = {"parent_id": pid, "source": row.get("source")}
     chunks: list[pd.DataFrame] = []
     n_out = 0
 
     def emit(rep: Rep, n_max: int) -> int:
         nonlocal n_out
-        xtal = rep.pyxtal()
-        recs = [codec.pyxtal_to_row(xtal, ids=list(choice), id=f"{pid}-{n_out + k:05d}",
-                                    **extra, **{PATH: rep.path})
-                for k, choice in enumerate(orbit_choices(rep.dec, n_max, swaps))]
-        chunks.append(S.conform(pd.DataFrame.from_records(recs), EXTRA))
-        n_out += len(recs)
-        return len(recs)
+        choices = np.array(list(orbit_choices(rep.dec, n_max, swaps)), dtype=int)
+        n = len(choices)
+        base = codec.pyxtal_to_row(rep.pyxtal(), parent_id=pid, source=row.get("source"),
+                                   **{PATH: rep.path})
+        cols: dict[str, Any] = {k: [v] * n for k, v in base.items()}
+        cols["id"] = [f"{pid}-{n_out + i:05d}" for i in range(n)]
+        for k, site in enumerate(rep.dec.sites):   # the decoded order, for every column
+            cols[f"wp{k}"], cols[f"el{k}"] = [site.wp.index] * n, [site.element] * n
+            xyz = orbit(site)[choices[:, k]]
+            for j, col in enumerate(S.XYZ[k]):
+                cols[col] = xyz[:, j]
+        chunks.append(S.conform(pd.DataFrame(cols), EXTRA))
+        n_out += n
+        return n
 
     errors = representations(codec.decode_row(row), p, task_rng(p.seed, pid, SEARCH),
                              task_rng(p.seed, pid, DISTORT), check, emit)

@@ -187,17 +187,33 @@ class Encoder:
 
     def inverse_transform(self, x: np.ndarray) -> pd.DataFrame:
         """Table rows (structure columns, not yet decoded) of a feature matrix; one-hot
-        blocks are read by their argmax."""
+        blocks are read by their argmax.  A site's Wyckoff column decides whether it
+        is used: the coordinates of a used site are read from their real modes (or
+        bins) only, never from the padding mode, and those of an unused site are NaN."""
+        offsets = dict(zip((c.column for c in self.columns),
+                           np.cumsum([0, *(c.dim for c in self.columns)])))
         cols: dict[str, Any] = {}
-        offset = 0
+        for col in self.columns:                     # discrete columns first: wpK
+            if isinstance(col, Categorical) and col.column not in CONTINUOUS:
+                o = offsets[col.column]
+                cols[col.column] = col.values(np.argmax(x[:, o: o + col.dim], axis=1))
+        used_by = {c: np.asarray(cols[S.WP[k]], int) >= 0
+                   for k in range(S.MAX_SITES) for c in S.XYZ[k] if S.WP[k] in cols}
         for col in self.columns:
+            o = offsets[col.column]
             if isinstance(col, Mixture):
-                mode = np.argmax(x[:, offset + 1: offset + col.dim], axis=1)
-                cols[col.column] = col.decode(x[:, offset].astype(float), mode)
-            else:
-                codes = np.argmax(x[:, offset: offset + col.dim], axis=1)
-                cols[col.column] = col.values(codes)
-            offset += col.dim
+                logits = x[:, o + 1: o + col.dim]
+                mode = np.argmax(logits, axis=1)
+                if col.has_nan and col.column in used_by:
+                    real = np.argmax(logits[:, :col.n_modes], axis=1)
+                    mode = np.where(used_by[col.column], real, col.n_modes)
+                cols[col.column] = col.decode(x[:, o].astype(float), mode)
+            elif col.column in CONTINUOUS:           # "dis": binned cell and coordinates
+                logits = np.array(x[:, o: o + col.dim], dtype=float)
+                if col.column in used_by and _PAD in col.categories:
+                    pad = col.categories.index(_PAD)
+                    logits[used_by[col.column], pad] = -np.inf
+                cols[col.column] = col.values(np.argmax(logits, axis=1))
         df = pd.DataFrame(cols).astype({c: int for c in ["spg", *S.WP]})
         if self.mode == "dis":
             df = self.grid.from_bins(df.astype({c: float for c in CONTINUOUS}))
