@@ -45,8 +45,10 @@ def _never_done(run: Run, opts: dict[str, Any]) -> bool:
 
 
 def _model_done(run: Run, opts: dict[str, Any]) -> bool:
-    name = opts.get("name") or opts.get("model", "gan")
-    return (run.path / "models" / str(name) / "model.pt").exists()
+    from .models import BEST
+
+    name = opts.get("name") or f"{opts.get('model', 'gan')}-{opts.get('mode', 'cont')}"
+    return (run.path / "models" / str(name) / BEST).exists()
 
 
 # stage -> (module, "is its output complete?")
