@@ -114,7 +114,7 @@ def rank(run: Run, models: Sequence[str], input: str = "prerelaxed", output: str
     relaxed with each model first (one task per model) as the energy zero."""
     options = {m: dict((options or {}).get(m, {})) for m in models}
     gpu = any(get_model(m, **options[m]).gpu for m in models) and cluster.has_gpu_worker()
-    annotations = cluster.GPU_RESOURCE if gpu else None
+    annotations = {"resources": cluster.GPU_RESOURCE} if gpu else None
     with dask.annotate(**(annotations or {})):
         tasks = [dask.delayed(reference_energy)(m, options[m], settings) for m in models]
     refs = cluster.compute(tasks, desc="graphite references")
