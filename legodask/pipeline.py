@@ -75,7 +75,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
         stage, _, option = key.partition(".")
         if not option or not value:
             raise ValueError(f"--set {item!r}: expected stage.option=value")
-        parsed = tomllib.loads(f"v = {value}")["v"] if value[:1] in "0123456789-[\"tf" else value
+        try:                              # a TOML value (3, true, "x", [1, 2]) ...
+            parsed = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:   # ... or a bare word
+            parsed = value
         entries = spec.setdefault(stage, {})
         for entry in entries if isinstance(entries, list) else [entries]:
             entry[option] = parsed
