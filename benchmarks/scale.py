@@ -123,10 +123,13 @@ def main() -> None:
     base = Path(args.workdir or tempfile.mkdtemp(prefix="legodask-scale-"))
     prepare(base / "prep")
     sizes = [int(s) for s in args.sizes.split(",")]
-    results = {"memory_limit_per_worker": args.memory_limit, "workers": 2,
-               "sizes": [one_size(base, n, args.memory_limit, args.prerelax) for n in sizes],
-               "scaling": scaling(base, args.scaling_rows, args.memory_limit)}
+    results: dict[str, Any] = {"memory_limit_per_worker": args.memory_limit, "workers": 2,
+                               "sizes": [], "scaling": []}
     OUT.mkdir(exist_ok=True)
+    for n in sizes:                  # saved after each size: a long run keeps what it measured
+        results["sizes"].append(one_size(base, n, args.memory_limit, args.prerelax))
+        (OUT / "scale.json").write_text(json.dumps(results, indent=1))
+    results["scaling"] = scaling(base, args.scaling_rows, args.memory_limit)
     (OUT / "scale.json").write_text(json.dumps(results, indent=1))
     lines = ["| rows | sample+decode s | rows/s/core | peak MB/worker | valid_xtal | prerelaxed "
              "| core-s/structure | valid_env | dedup s | unique |",
