@@ -168,13 +168,7 @@ class Site:
 
     def orbit(self) -> np.ndarray:
         """Fractional coordinates of every atom of the orbit, (multiplicity, 3)."""
-        return _wrap_rows(np.einsum("jab,b->ja", self.wp.A, self.free) + self.wp.t)
-
-
-def _wrap_rows(v: np.ndarray) -> np.ndarray:
-    w = v - np.floor(v)
-    w[np.isclose(w, 1.0, atol=1e-10)] = 0.0
-    return w
+        return _wrap(np.einsum("jab,b->ja", self.wp.A, self.free) + self.wp.t)
 
 
 @dataclass
