@@ -813,6 +813,24 @@ def _guarded(row: Mapping[str, Any], relax: Any, p: Problem, env: Environment) -
 # the stage
 # ---------------------------------------------------------------------------
 
+def spread_limit(limit: int, counts: Sequence[int]) -> list[int]:
+    """Share ``limit`` rows over partitions holding ``counts`` valid rows as evenly
+    as their counts allow (the earlier partitions take the remainder), so that a
+    quick look keeps every worker busy instead of filling the first partitions."""
+    quota = [0] * len(counts)
+    left = min(int(limit), int(sum(counts)))
+    while left > 0:
+        open_ = [i for i, c in enumerate(counts) if quota[i] < c]
+        share = max(1, left // len(open_))
+        for i in open_:
+            take = min(share, counts[i] - quota[i], left)
+            quota[i] += take
+            left -= take
+            if left == 0:
+                break
+    return quota
+
+
 def prerelax(run: Any, source: str | None = None, env: str = "graphite",
              device: str = "auto", limit: int | None = None,
              options: Options = Options(), output: str = "prerelaxed") -> Any:
@@ -837,8 +855,7 @@ def prerelax(run: Any, source: str | None = None, env: str = "graphite",
 
         counts = cluster.compute([dask.delayed(lambda d: int(d["valid_xtal"].sum()))(part)
                                   for part in ddf[["valid_xtal"]].to_delayed()], desc="count")
-        before = np.cumsum([0, *counts])[:-1]
-        limits = [int(max(0, limit - b)) for b in before]
+        limits = spread_limit(limit, counts)
     kernel = functools.partial(prerelax_frame, env=env, device=device, options=options,
                                limits=limits)
     return run.map_table(source, output, kernel, meta, desc="prerelax",
@@ -855,7 +872,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "torch", "auto"], default="auto",
                    help="cpu: scipy per structure; torch: batched (GPU if any); "
                         "auto: batched on a GPU worker, else scipy")
-    p.add_argument("--limit", type=int, default=None, help="relax only the first N valid rows")
+    p.add_argument("--limit", type=int, default=None, help="relax only N valid rows, spread evenly over the partitions "
+                        "(the first valid rows of each)")
     p.add_argument("--budget", type=float, default=Options.budget,
                    help="seconds per structure (per batch on the batched path)")
     p.add_argument("--batch-size", type=int, default=Options.batch_size)

@@ -20,7 +20,7 @@ from legodask.descriptor import SO3Params
 from legodask.environment import get_environment
 from legodask.prerelax import (Options, batch_loss, build_problem, loss_and_grad, make_batch,
                                prerelax, prerelax_frame, prerelax_row, relax_batch,
-                               relax_scipy)
+                               relax_scipy, spread_limit)
 from legodask.store import Run
 
 
@@ -184,6 +184,15 @@ def test_stage_writes_prerelaxed_table(tmp_path, graphite):
         result = prerelax(run, limit=3, device="cpu")
     assert result.rows == 5
     out = pd.read_parquet(run.table_path("prerelaxed")).sort_values("id")
-    assert out["valid_env"].tolist() == [True, True, True, False, False]
-    assert out["loss"].iloc[:3].max() < 1e-8
+    # the limit is shared over the three partitions: the first row of each
+    assert out["valid_env"].tolist() == [True, False, True, False, True]
+    assert out.loc[out["valid_env"], "loss"].max() < 1e-8
     assert set(S.PRERELAX) <= set(out.columns)
+
+
+def test_spread_limit_shares_rows_over_partitions():
+    assert spread_limit(3, [2, 2, 1]) == [1, 1, 1]
+    assert spread_limit(7, [0, 10, 2, 10]) == [0, 3, 2, 2]
+    assert spread_limit(100, [3, 0, 4]) == [3, 0, 4]
+    assert spread_limit(0, [5, 5]) == [0, 0]
+    assert sum(spread_limit(60, [1] * 100)) == 60
