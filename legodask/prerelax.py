@@ -83,7 +83,7 @@ class Options:
     #                             max(1e-4 loss, patience x ftol) in so many steps
     hop_above: float = 1e-3     # basin hopping only while the loss is above this
     max_step: float = 0.2       # batched: largest step per structure (scaled, ~Å)
-    budget: float = 60.0        # seconds per structure (per batch on the batched path)
+    budget: float = 60.0        # seconds per structure (batched: its share of each step)
     batch_size: int = 256
     scipy_unit: float = 0.1     # Å per scaled variable in L-BFGS-B (its first step is 1 unit)
     seed: int = 0
@@ -572,45 +572,43 @@ def relax_batch(problems: Sequence[Problem], env: Environment, opts: Options = O
     component below ``fmax``, or no gain over ``patience`` steps) and early exit.
     When fewer than half the structures remain active the batch is rebuilt from
     the active ones.  A structure whose loss turns non-finite is frozen at its
-    last finite point and recorded; the batch stops at ``budget`` seconds.
+    last finite point and recorded.  Each step's time is shared among the
+    structures active in it; one whose share passes ``budget`` seconds is stopped
+    at its best point and recorded as over its budget.
     """
-    import torch
-
     params = params or SO3Params(rcut=env.rcut)
-    t0 = time.perf_counter()
     n_all = len(problems)
     xs = [p.x0.copy() for p in problems]
     result: list[Outcome | None] = [None] * n_all
     iters = np.zeros(n_all, int)
+    spent = np.zeros(n_all)
     todo = list(range(n_all))
     steps_left = opts.steps
     while todo and steps_left > 0:
+        t_build = time.perf_counter()
         b = make_batch([problems[k] for k in todo], [xs[k] for k in todo], env, params, device)
-        done, used = _lbfgs(b, opts, memory, steps_left, t0)
+        spent[todo] += (time.perf_counter() - t_build) / len(todo)
+        done, used = _lbfgs(b, opts, memory, steps_left, spent[todo])
         steps_left -= used
         for local, k in enumerate(todo):
-            p = b.problems[local]
             xs[k] = done["x"][local]
             iters[k] += done["iters"][local]
-            if done["finished"][local] or steps_left <= 0 or done["timed_out"]:
-                error = done["error"][local]
-                if error is None and done["timed_out"] and not done["finished"][local]:
-                    error = f"time budget of {opts.budget:g} s exceeded"
-                result[k] = Outcome(xs[k], done["loss"][local], int(iters[k]), 0.0, error)
+            spent[k] = done["spent"][local]
+            if done["finished"][local] or steps_left <= 0:
+                result[k] = Outcome(xs[k], done["loss"][local], int(iters[k]), 0.0,
+                                    done["error"][local])
         todo = [k for k in todo if result[k] is None]
-        if done["timed_out"]:
-            break
-    seconds = (time.perf_counter() - t0) / max(n_all, 1)
     for k in range(n_all):
         res = result[k] or Outcome(xs[k], math.nan, int(iters[k]), 0.0, "not finished")
-        result[k] = replace(res, seconds=seconds)
+        result[k] = replace(res, seconds=float(spent[k]))
     return result  # type: ignore[return-value]
 
 
-def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, t0: float
+def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, spent: np.ndarray
            ) -> tuple[dict[str, Any], int]:
-    """Run the batched L-BFGS on one batch until all converged, fewer than half are
-    active, ``steps`` are used or the budget is spent; the best point of each."""
+    """Run the batched L-BFGS on one batch until all converged or over budget,
+    fewer than half are active or ``steps`` are used; the best point of each and
+    the seconds each has ``spent`` (its share of every step it took part in)."""
     import torch
 
     n, owner, unit = b.n, b.owner, b.unit
@@ -622,6 +620,8 @@ def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, t0: float
         return loss, g * unit
 
     y0 = b.x / unit
+    tick = time.perf_counter()
+    spent_t = torch.as_tensor(np.asarray(spent, float), **f64)
     loss, grad = evaluate(y0)
     st = LbfgsState(y0, loss, grad, torch.full((n,), opts.max_step, **f64),
                     torch.zeros(n, **f64), torch.zeros((memory, len(y0)), **f64),
@@ -632,18 +632,22 @@ def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, t0: float
     iters = torch.zeros(n, dtype=torch.long, device=b.x.device)
     last_gain = torch.zeros(n, dtype=torch.long, device=b.x.device)
     gain_loss = torch.where(finite, loss, torch.full_like(loss, math.inf))
-    timed_out = False
+    over = torch.zeros(n, dtype=torch.bool, device=b.x.device)
+    timed = active.clone()  # who shares the time since ``tick``
     used = 0
     for step_no in range(steps):
+        now = time.perf_counter()
+        spent_t += timed * ((now - tick) / max(int(timed.sum()), 1))
+        tick = now
+        over |= active & (spent_t > opts.budget)
+        active &= ~over
         gmax = torch.zeros(n, **f64).scatter_reduce(0, owner, st.grad.abs(), "amax")
         active &= ~((st.loss < opts.loss_tol) | (gmax < opts.fmax) | (st.trust < 1e-9)
                     | (step_no - last_gain > opts.patience))
         n_active = int(active.sum())
         if n_active == 0 or (n_active < n / 2 and step_no >= 20 and n > 8):
             break
-        if time.perf_counter() - t0 > opts.budget:
-            timed_out = True
-            break
+        timed = active.clone()
         used += 1
         d = torch.where(torch.isfinite(st.grad), _lbfgs_direction(st, owner, n),
                         torch.zeros_like(st.grad))
@@ -680,15 +684,17 @@ def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, t0: float
                                                            min=opts.ftol * opts.patience))
         last_gain = torch.where(gain, torch.full_like(last_gain, step_no), last_gain)
         gain_loss = torch.where(gain, st.loss, gain_loss)
+    spent_t += timed * ((time.perf_counter() - tick) / max(int(timed.sum()), 1))
     x = (st.x * unit).cpu().numpy()
     offsets = np.cumsum([0] + [len(p.x0) for p in b.problems])
     losses = torch.where(blown, torch.full_like(st.loss, math.nan), st.loss).cpu().numpy()
-    error = ["the objective blew up (non-finite loss or gradient)" if bool(bl) else None
-             for bl in blown]
+    error = ["the objective blew up (non-finite loss or gradient)" if bool(bl) else
+             f"time budget of {opts.budget:g} s exceeded" if bool(ov) else None
+             for bl, ov in zip(blown, over)]
     return ({"x": [x[offsets[k]:offsets[k + 1]] for k in range(n)],
              "loss": [float(v) for v in losses], "iters": iters.cpu().numpy(),
              "finished": (~active).cpu().numpy(), "error": error,
-             "timed_out": timed_out}, used)
+             "spent": spent_t.cpu().numpy()}, used)
 
 
 # ---------------------------------------------------------------------------
@@ -875,7 +881,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="relax only N valid rows, spread evenly over the partitions "
                         "(the first valid rows of each)")
     p.add_argument("--budget", type=float, default=Options.budget,
-                   help="seconds per structure (per batch on the batched path)")
+                   help="seconds per structure (batched path: its share of each step)")
     p.add_argument("--batch-size", type=int, default=Options.batch_size)
     p.add_argument("--hops", type=int, default=0, help="basin-hopping restarts (CPU path)")
 

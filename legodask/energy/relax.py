@@ -10,10 +10,12 @@ energy in eV/atom and the relaxed geometry as extended-XYZ text.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,6 +169,21 @@ def _finish(atoms: Atoms, steps: int, t0: float, error: str | None) -> RelaxResu
                        relaxed=atoms_to_text(atoms), seconds=seconds)
 
 
+def _quietly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``fn`` without the harmless warnings a relaxation repeats at every step:
+    the cell filter's matrix logarithm, and back ends (CHGNet) saying that their
+    pymatgen structures drop ASE's FixSymmetry, which ASE still applies."""
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="logm result may be inaccurate")
+            warnings.filterwarnings("ignore", message="Only FixAtoms and FixCartesian")
+            warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_quietly
 def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings = RelaxSettings()) -> RelaxResult:
     """Relax one structure with ``calc``; failures are returned, not raised."""
     from ase.optimize import FIRE
@@ -213,6 +230,7 @@ class _Cached(Calculator):
         self.atoms = atoms.copy()
 
 
+@_quietly
 def relax_batch(structures: Sequence[Atoms], evaluate: BatchEvaluator,
                 settings: RelaxSettings = RelaxSettings()) -> list[RelaxResult]:
     """Relax ``structures`` together: each step evaluates all unfinished ones in one
