@@ -158,11 +158,11 @@ def markdown(res: dict, cmd: str) -> str:
            f"Machine: shared 2-core CPU, {res['workers']} worker process(es), 1 thread each, "
            f"`nice -n 10`, `OMP_NUM_THREADS=1`; environment test `{res['check']}`.", "",
            "| dataset | structures | rows (ours) | rows (paper) | unique symmetries (ours) "
-           "| (paper) | min per 1,000 rows, one core | rows/s/core | peak RSS per worker (MB) "
-           "| largest partition (rows) |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+           "| (paper) | min per 1,000 rows, one core | rows/s/core | workers "
+           "| peak RSS per worker (MB) | largest partition (rows) |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
            f"| raw | {res['raw']['structures']} | {res['raw']['structures']} | 140 | "
-           f"{res['raw']['unique_symmetries']} | 127 | | | | |"]
+           f"{res['raw']['unique_symmetries']} | 127 | | | | | |"]
     for r in res["presets"]:
         rows_p, sym_p = PAPER[r["preset"]]
         note = ""
@@ -172,7 +172,8 @@ def markdown(res: dict, cmd: str) -> str:
         out.append(f"| {r['preset']} | {r['structures']} | {r['rows']:,}{note} | "
                    f"{'' if rows_p is None else f'{rows_p:,}'} | {r['unique_symmetries']} | "
                    f"{'' if sym_p is None else sym_p} | {r['min_per_1000_rows_one_core']} | "
-                   f"{r['rows_per_s_per_core']} | {r['peak_rss_mb_per_worker']} | "
+                   f"{r['rows_per_s_per_core']} | {r.get('workers', res['workers'])} | "
+                   f"{r['peak_rss_mb_per_worker']} | "
                    f"{r['largest_partition_rows']:,} |")
     b = res["baseline"]
     out += ["", f"Paper (Table II): {lo}-{hi} min per 1,000 samples on one CPU, i.e. "
@@ -191,8 +192,7 @@ def markdown(res: dict, cmd: str) -> str:
             "subgroup with pyxtal's SO(3) builder; our default test is the plain "
             "environment check, which is why the same structures and caps take about a "
             "tenth of the time with about the same rows.  `--check prerelax` (our own "
-            "pre-relaxation as the filter) costs 3-10x more per structure.  The 2m row's "
-            "unique symmetries are those of its 14 structures only."]
+            "pre-relaxation as the filter) costs 3-10x more per structure."]
     rss = ", ".join(f"{r['preset']} {r['peak_rss_mb_per_worker']:.0f} MB "
                     f"({r['rows']:,} rows, largest partition {r['largest_partition_rows']:,})"
                     for r in res["presets"])
@@ -281,6 +281,8 @@ def main() -> int:
                     help="run the 2m preset on every Nth structure and extrapolate")
     ap.add_argument("--baseline-structures", type=int, default=6)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the saved presets not run now, and the saved baseline")
     ap.add_argument("--markdown-only", action="store_true",
                     help="rewrite the .md from the saved .json, running nothing")
     args = ap.parse_args()
@@ -308,9 +310,19 @@ def main() -> int:
         r = run_preset(name, sub, work, args.workers, args.check)
         if frac > 1:
             r["fraction"] = frac
+        r["workers"] = args.workers
         res["presets"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "params"}), flush=True)
-    res["baseline"] = baseline(train, 3 if args.quick else args.baseline_structures)
+    old = (json.loads((RESULTS / f"{stem}.json").read_text())
+           if args.merge and (RESULTS / f"{stem}.json").exists() else {})
+    if old:
+        kept = {r["preset"]: r for r in old["presets"] if r["preset"] not in names}
+        res["presets"] = sorted([*kept.values(), *res["presets"]],
+                                key=lambda r: list(PAPER).index(r["preset"]))
+        res["note"], res["seed_scatter_v1"] = old.get("note"), old.get("seed_scatter_v1")
+        res["baseline"] = old["baseline"]
+    else:
+        res["baseline"] = baseline(train, 3 if args.quick else args.baseline_structures)
     print(json.dumps(res["baseline"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     res["command"] = cmd.strip()
