@@ -37,6 +37,11 @@ class DecodeError(ValueError):
     """A row that is not a valid crystal; the message says why."""
 
 
+# the reason of a row whose sites all lie on their Wyckoff positions but whose atoms
+# overlap: valid by pyxtal's (and the paper's) criterion, which checks no distances
+OVERLAP = "atoms on top of each other"
+
+
 @dataclass(frozen=True)
 class WyckoffOps:
     """A Wyckoff position as arrays: orbit point ``j`` is ``A[j] @ x + t[j]``."""
@@ -266,7 +271,7 @@ def decode_row(row: Mapping[str, Any], tol: float = 0.5, min_distance: float = 0
     if not out.sites:
         raise DecodeError("no occupied Wyckoff site")
     if volume / out.natoms < 1.0:
-        raise DecodeError(f"{volume / out.natoms:.3f} Å^3 per atom: atoms on top of each other")
+        raise DecodeError(f"{volume / out.natoms:.3f} Å^3 per atom: {OVERLAP}")
     if check_distances:
         _check_distances(out, min_distance)
     return out
@@ -276,8 +281,7 @@ def _check_distances(dec: Decoded, min_distance: float) -> None:
     frac, _ = dec.positions()
     d = nearest_distance(frac, cellpar_to_cell(dec.cell), min_distance)
     if d < min_distance:
-        raise DecodeError(f"two atoms are {d:.3f} Å apart (< {min_distance} Å): "
-                          f"atoms on top of each other")
+        raise DecodeError(f"two atoms are {d:.3f} Å apart (< {min_distance} Å): {OVERLAP}")
 
 
 def nearest_distance(frac: np.ndarray, cell: np.ndarray, cutoff: float) -> float:

@@ -27,7 +27,7 @@ def test_symmetry_key_ignores_site_order() -> None:
 def run(sacada_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     """Training: 12 rows of 4 crystals.  Samples: 5 training rows as they are, 3 moved
     by 0.01 (beyond the tolerance), 2 moved by 0.001 Å in a (within), one crystal of
-    a symmetry not in training, and 2 invalid rows."""
+    a symmetry not in training, 2 invalid rows and one whose two atoms coincide."""
     train = training_table(sacada_db, n_structures=4)
     run = Run(tmp_path_factory.mktemp("stats"))
     run.write_frame_table("augmented", train, meta=S.empty_frame(), rows_per_part=5)
@@ -38,7 +38,11 @@ def run(sacada_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     near["a"] += 0.001
     other = S.conform(pd.DataFrame([codec.atoms_to_row(_graphite())]))
     bad = train.iloc[:2].assign(valid_xtal=False, error="made up")
-    samples = pd.concat([same, far, near, other, bad], ignore_index=True)
+    twice = codec.decode_frame(S.conform(pd.DataFrame([{
+        "spg": 1, "a": 3.0, "b": 3.0, "c": 3.0, "alpha": 90.0, "beta": 90.0, "gamma": 90.0,
+        "wp0": 0, "el0": "C", "x0": 0.1, "y0": 0.2, "z0": 0.3,
+        "wp1": 0, "el1": "C", "x1": 0.1, "y1": 0.2, "z1": 0.3}])))
+    samples = pd.concat([same, far, near, other, bad, twice], ignore_index=True)
     samples["id"] = [f"s-{i}" for i in range(len(samples))]
     run.write_frame_table("samples", S.conform(samples), meta=S.empty_frame(), rows_per_part=4)
     return run
@@ -55,7 +59,8 @@ def _graphite():  # type: ignore[no-untyped-def]
 def test_sample_stats_count_what_was_built(run: Run) -> None:
     stats = stats_stage(run, "samples")
     assert stats["training"] == "augmented"
-    assert (stats["rows"], stats["valid_xtal"]) == (13, 11)
+    assert (stats["rows"], stats["valid_xtal"], stats["overlapping"]) == (14, 11, 1)
+    assert stats["valid_share_no_distance_check"] == pytest.approx(12 / 14)
     assert stats["training_symmetries"] == 4
     assert stats["symmetries"] == 5 and stats["new_symmetries"] == 1
     assert stats["rows_regenerating_training"] == 7
