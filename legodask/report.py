@@ -6,7 +6,10 @@ crystals only, sampled when there are very many), never from a whole table in
 memory:
 
 * the counts funnel and the Table IV row (``metrics.json``, computed when missing);
-* energy distribution of training vs generated crystals (like the paper's Fig. 3b);
+* energy above the ground state of training vs generated crystals (like the paper's
+  Fig. 3b): the generated ones with the run's model, the training ones with the same
+  model when the training table was ranked, else with the source's VASP energies
+  above graphite (SACADA's ``vasp_energy``), labelled as such;
 * complexity: energy against atoms in the primitive cell, space group and free
   variables (like Fig. 5), or their histograms when there are no energies.
 """
@@ -29,8 +32,9 @@ from .query import columns, connect
 from .store import Run
 
 MAX_POINTS = 20_000
-# Energy columns of known training sources, per energy model (SACADA's keys).
-TRAIN_ENERGY = {"mace": "mace_energy", "reaxff": "ff_energy", "vasp": "vasp_energy"}
+# The training source's DFT energies (SACADA's key) and their ground state: graphite,
+# -9.355 eV/atom with VASP r2SCAN (the paper).
+TRAIN_DFT = ("vasp_energy", -9.355, "VASP r2SCAN, from the source")
 
 
 def load_metrics(run: Run, window: float = M.WINDOW) -> dict[str, Any]:
@@ -61,18 +65,26 @@ def generated(con: Any, tables: set[str], model: str | None) -> pd.DataFrame:
         USING SAMPLE reservoir({MAX_POINTS} ROWS) REPEATABLE (1)""").df()
 
 
-def training(con: Any, tables: set[str], model: str | None) -> pd.DataFrame:
-    """Training crystals, with their energy for ``model`` when the source has one."""
+def training(con: Any, tables: set[str], model: str | None) -> tuple[pd.DataFrame, str]:
+    """Training crystals with their energy above the ground state (``e_above``): with
+    ``model`` when the source was ranked with it, else the source's DFT energy above
+    graphite; and a label saying which."""
     if M.TRAIN_TABLE not in tables or M.TRAIN_SOURCE not in tables:
-        return pd.DataFrame()
+        return pd.DataFrame(), ""
     cols = columns(con, M.TRAIN_SOURCE)
-    col = next((c for c in (f"energy_{model}", TRAIN_ENERGY.get(model or "")) if c in cols), None)
-    energy = f', i."{col}" AS energy' if col else ""
+    own, (dft, ground, dft_label) = f"{M.ENERGY_PREFIX}{model}", TRAIN_DFT
+    if own in cols:
+        energy, label = f', i."{own}" AS e_above', f"{model}, this run"
+    elif dft in cols:
+        energy, label = f', i."{dft}" - ({ground}) AS e_above', dft_label
+    else:
+        energy, label = "", ""
     dof = ", i.dof" if "dof" in cols else ""
+    kept = "AND i.train" if "train" in cols else ""  # the training set, not all ingested
     return con.execute(f"""
         SELECT t.{F.FP_NATOMS} AS natoms, t.{F.FP_SPG} AS spg {dof} {energy}
         FROM {M.TRAIN_TABLE} t JOIN {M.TRAIN_SOURCE} i ON t.id = i.id
-        WHERE t.{F.FP_DATA} IS NOT NULL""").df()
+        WHERE t.{F.FP_DATA} IS NOT NULL {kept}""").df(), label
 
 
 def _png(fig: Any) -> str:
@@ -106,32 +118,39 @@ def plot_funnel(metrics: dict[str, Any], model: str | None) -> str:
     return _png(fig)
 
 
-def plot_energy(gen: pd.DataFrame, train: pd.DataFrame, model: str) -> str | None:
-    """Energy per atom of training and generated crystals (paper Fig. 3b)."""
+def plot_energy(gen: pd.DataFrame, train: pd.DataFrame, model: str, train_label: str
+                ) -> str | None:
+    """Energy above the ground state of training and generated crystals (paper
+    Fig. 3b): counts in 0.05 eV/atom bins, each set on its own axis when their sizes
+    differ a lot, so that a handful of generated crystals stay visible."""
     import matplotlib.pyplot as plt
     import numpy as np
 
-    series = [(s["energy"].dropna(), name, colour) for s, name, colour in
-              ((train, "training", "#999999"), (gen, "generated (unique)", "#cc3311"))
-              if "energy" in s.columns]
+    series = [(s["e_above"].dropna(), name, colour) for s, name, colour in
+              ((train, f"training ({train_label})", "#999999"),
+               (gen, f"generated, unique ({model})", "#cc3311"))
+              if "e_above" in s.columns]
     series = [t for t in series if len(t[0])]
     if not series:
         return None
-    lo = min(float(s.min()) for s, _, _ in series)
+    lo = min(0.0, min(float(s.min()) for s, _, _ in series))
     hi = max(float(s.max()) for s, _, _ in series)
-    bins = np.linspace(lo, hi + 1e-9, 40)
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    for s, name, colour in series:
-        ax.hist(s, bins=bins, alpha=0.6, color=colour, label=f"{name} ({len(s)})",
-                density=True)
-    ax.set_xlabel(f"energy ({model}), eV/atom")
-    ax.set_ylabel("density")
+    bins = np.arange(np.floor(lo / 0.05) * 0.05, hi + 0.05, 0.05)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    axes = [ax, ax.twinx()] if len(series) == 2 else [ax]
+    for a, (s, name, colour) in zip(axes, series):
+        a.hist(s, bins=bins, alpha=0.6, color=colour, label=f"{name}: {len(s)}")
+        a.set_ylabel("structures", color=colour if len(axes) > 1 else "black")
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_xlabel("energy above the ground state (graphite), eV/atom")
     ax.set_title("Energy distribution: training vs generated (cf. Fig. 3b)")
-    ax.legend()
+    handles = [h for a in axes for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper right")
     return _png(fig)
 
 
-def plot_complexity(gen: pd.DataFrame, train: pd.DataFrame, model: str | None) -> str | None:
+def plot_complexity(gen: pd.DataFrame, train: pd.DataFrame, model: str | None,
+                    train_label: str = "") -> str | None:
     """Energy above the ground state against atoms per primitive cell, space group
     and free variables (paper Fig. 5), or histograms of them without energies."""
     import matplotlib.pyplot as plt
@@ -143,18 +162,14 @@ def plot_complexity(gen: pd.DataFrame, train: pd.DataFrame, model: str | None) -
     fig, axes = plt.subplots(1, len(xs), figsize=(4 * len(xs), 3.2), squeeze=False)
     names = {"natoms": "atoms in the primitive cell", "spg": "space group",
              "dof": "free variables"}
-    # training energies on the same scale: the ground state is energy - e_above
-    train_e = None
-    if with_e and "energy" in gen.columns and "energy" in train.columns:
-        train_e = train["energy"] - (gen["energy"] - gen["e_above"]).median()
     for ax, x in zip(axes[0], xs):
         if with_e:
-            if train_e is not None and x in train.columns:
-                ax.scatter(train[x], train_e, s=10, marker="s", color="#999999",
-                           label="training")
-            ax.scatter(gen[x], gen["e_above"], s=6, alpha=0.5, color="#cc3311",
-                       label="generated (unique)")
-            ax.set_ylabel(f"E - E_ground ({model}), eV/atom")
+            if "e_above" in train.columns and x in train.columns:
+                ax.scatter(train[x], train["e_above"], s=10, marker="s", color="#999999",
+                           label=f"training ({train_label})")
+            ax.scatter(gen[x], gen["e_above"], s=8, alpha=0.6, color="#cc3311",
+                       label=f"generated, unique ({model})")
+            ax.set_ylabel("E - E_ground (graphite), eV/atom")
             ax.legend(fontsize=7)
         else:
             if x in train.columns:
@@ -211,10 +226,11 @@ def write_report(run: Run, window: float = M.WINDOW, model: str | None = None) -
         M.train_fingerprints(run)
         tables = set(run.tables())
     con = connect(run)
-    gen, train = generated(con, tables, model), training(con, tables, model)
+    gen, (train, label) = generated(con, tables, model), training(con, tables, model)
     images = {"Counts": plot_funnel(metrics, model)}
-    for title, png in (("Energy distribution", plot_energy(gen, train, model) if model else None),
-                       ("Complexity", plot_complexity(gen, train, model))):
+    for title, png in (("Energy distribution",
+                        plot_energy(gen, train, model, label) if model else None),
+                       ("Complexity", plot_complexity(gen, train, model, label))):
         if png:
             images[title] = png
     run.file("report.html").write_text(render(run, metrics, images))

@@ -68,7 +68,7 @@ def build_tiny_run(path: Path, db_path: Path) -> Run:
     ranked["relaxed_reaxff"] = None
     run.write_frame_table("ranked", ranked)
     train = pd.DataFrame([{**reps[i][0], "id": f"sacada-{i}"} for i in (A, C, T)])
-    train["energy_reaxff"] = [-8.9, -8.6, -8.7]
+    train["vasp_energy"] = [-8.9, -8.6, -8.7]
     run.write_frame_table("ingested", S.conform(train))
     D.dedup(run, "ranked")
     return run

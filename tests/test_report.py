@@ -10,7 +10,8 @@ import pytest
 from ase.db import connect
 from ase.io import read
 
-from legodask import codec
+from legodask import codec, report
+from legodask import metrics as M
 from legodask import tables
 from legodask.cli import main
 from legodask.energy.relax import atoms_to_text
@@ -46,6 +47,24 @@ def test_report_is_self_contained_with_its_plots(run, capsys):
     assert "<td>10</td><td>8</td><td>7</td><td>4</td><td>2</td>" in page
     assert "src=\"http" not in page and "<script" not in page     # nothing fetched
     assert "wrote" in capsys.readouterr().out
+
+
+def test_training_energies_are_above_the_ground_state(run):
+    """The training crystals' energies in the report: the source's VASP energies
+    above VASP graphite, unless the training table was ranked with the model."""
+    M.train_fingerprints(run)
+    con, tables_ = report.connect(run), set(run.tables())
+    train, label = report.training(con, tables_, "reaxff")
+    assert label.startswith("VASP")
+    assert sorted(train["e_above"].round(3)) == [0.455, 0.655, 0.755]
+    ingested = run.read("ingested").compute().assign(e_above_reaxff=[0.1, 0.2, 0.3])
+    other = Run(run.path.parent / "ranked-training")
+    for name in run.tables():
+        if name != "ingested":
+            other.write_frame_table(name, run.read(name).compute())
+    other.write_frame_table("ingested", ingested)
+    train, label = report.training(report.connect(other), set(other.tables()), "reaxff")
+    assert label == "reaxff, this run" and sorted(train["e_above"]) == [0.1, 0.2, 0.3]
 
 
 def test_query_views_and_output(run, tmp_path, capsys):
