@@ -9,7 +9,16 @@ orthonormalised over (0, rcut) and on spherical harmonics up to ``lmax``:
     P_nn'l = sum_m c_nlm c_n'lm            (n >= n', ordered as pyxtal's tril)
 
 with the cosine cutoff fc, modified spherical Bessel functions i_l and weights
-w_j = Z_j (negated for a neighbour of another element when ``weight_on``).  The
+w_j = Z_j (negated for a neighbour of another element when ``weight_on``).
+
+Optionally (``rdf_bins`` > 0) each atom's smoothed radial distribution is appended,
+as pyxtal's ``compute_p(return_rdf=True)`` does (``rdf_weight`` x a histogram of the
+neighbour distances in ``rdf_bins`` bins over (0, rcut), smoothed by a Gaussian of
+``rdf_sigma`` bins).  Ours is the differentiable form of that: each neighbour adds
+a Gaussian of the same width, integrated over each bin by its centre value, and
+fades out over the last bin before ``rcut`` so that a neighbour crossing the cutoff
+does not make a jump.  The two agree in total weight (the number of neighbours)
+and peak position; pyxtal's first snaps each distance to its bin.  The
 radial integral uses pyxtal's Gauss-Chebyshev quadrature, so the numbers are
 pyxtal's own (``SO3.compute_p``).  Conventions that differ from pyxtal, on purpose:
 
@@ -49,10 +58,28 @@ class SO3Params:
     rcut: float = 2.1
     alpha: float = 1.5
     weight_on: bool = True
+    rdf_bins: int = 0            # 0: no radial distribution part (pyxtal uses 20)
+    rdf_weight: float = 0.5
+    rdf_sigma: float = 0.5       # Gaussian width, in bins
 
     @property
     def size(self) -> int:
-        return self.nmax * (self.nmax + 1) // 2 * (self.lmax + 1)
+        return self.nmax * (self.nmax + 1) // 2 * (self.lmax + 1) + self.rdf_bins
+
+
+def rdf_terms(r: Any, p: SO3Params, xp: Any) -> Any:
+    """Each neighbour's contribution to the smoothed RDF, (len(r), rdf_bins), with
+    array module ``xp`` (numpy or torch): a Gaussian at ``r`` read at the bin centres
+    (area one over the bins), times a taper from 1 to 0 over the last bin."""
+    dr = p.rcut / p.rdf_bins
+    s = p.rdf_sigma * dr
+    centres = (xp.arange(p.rdf_bins, dtype=r.dtype) + 0.5) * dr
+    if xp is not np:
+        centres = centres.to(r.device)
+    gauss = xp.exp(-((r[:, None] - centres[None, :]) / s) ** 2 / 2) * (dr / (s * math.sqrt(2 * math.pi)))
+    edge = xp.clip((p.rcut - r) / dr, 0.0, 1.0)
+    taper = 0.5 - 0.5 * xp.cos(math.pi * edge)
+    return p.rdf_weight * gauss * taper[:, None]
 
 
 def _w_matrix(nmax: int) -> np.ndarray:
@@ -177,6 +204,8 @@ def power_spectrum(atoms: Atoms, params: SO3Params = SO3Params(),
     out = np.zeros((len(ids), params.size))
     if not len(r):
         return out
+    row = np.searchsorted(ids, i) if np.all(np.diff(ids) > 0) else \
+        np.array([int(np.flatnonzero(ids == a)[0]) for a in i])
     lmax = params.lmax
     z = atoms.numbers
     radial = radial_functions(r, params)[0] * \
@@ -184,11 +213,14 @@ def power_spectrum(atoms: Atoms, params: SO3Params = SO3Params(),
     ylm = real_sph(vec / r[:, None], lmax, np.stack)                      # (P, LM)
     lm_l = _lm_to_l(lmax)
     c = np.einsum("pnl,ml->pnm", radial, lm_l) * ylm[:, None, :]
-    row = np.searchsorted(ids, i) if np.all(np.diff(ids) > 0) else \
-        np.array([int(np.flatnonzero(ids == a)[0]) for a in i])
     ctot = np.zeros((len(ids), params.nmax, (lmax + 1) ** 2))
     np.add.at(ctot, row, c)
-    return _contract(np.einsum("anm,akm,ml->ankl", ctot, ctot, lm_l), params.nmax)
+    p = _contract(np.einsum("anm,akm,ml->ankl", ctot, ctot, lm_l), params.nmax)
+    if not params.rdf_bins:
+        return p
+    rdf = np.zeros((len(ids), params.rdf_bins))
+    np.add.at(rdf, row, rdf_terms(r, params, np))
+    return np.concatenate([p, rdf], 1)
 
 
 def _contract(pnnl: Any, nmax: int) -> Any:
@@ -270,7 +302,12 @@ class SO3Torch:
         ctot = torch.zeros((n_centers, p.nmax, ylm.shape[-1]), dtype=c.dtype, device=c.device)
         ctot = ctot.index_add(0, center, c)
         pnnl = torch.einsum("anm,akm,ml->ankl", ctot, ctot, self.lm_l)
-        return pnnl[:, self.rows, self.cols, :].reshape(n_centers, -1)
+        out = pnnl[:, self.rows, self.cols, :].reshape(n_centers, -1)
+        if not p.rdf_bins:
+            return out
+        terms = rdf_terms(r, p, torch) * inside[:, None]
+        rdf = torch.zeros((n_centers, p.rdf_bins), dtype=r.dtype, device=r.device)
+        return torch.cat([out, rdf.index_add(0, center, terms)], 1)
 
     def _radial(self, r: Any) -> Any:
         """The radial factor (P, nmax, lmax+1) by cubic Hermite interpolation."""

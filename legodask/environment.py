@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from .descriptor import SO3Params
+
 # Covalent radii (Å) of pyxtal's element table (C 0.78, as the reference code);
 # ASE's table is the fallback for elements missing here.
 _COVALENT = {"C": 0.78, "Si": 1.11, "O": 0.70, "N": 0.71, "B": 0.84, "H": 0.31}
@@ -57,6 +59,12 @@ class Environment:
     bond_angle: tuple[float, float] | None = None    # degrees, every angle at an atom
     planar: float | None = None   # sp2: max |360° - sum of the 3 bond angles|
     rcut: float = 2.1             # SO(3) descriptor cutoff used against the reference
+    rdf_bins: int = 0             # > 0: the descriptor includes the smoothed RDF
+
+    @property
+    def params(self) -> SO3Params:
+        """The descriptor compared against the reference."""
+        return SO3Params(rcut=self.rcut, rdf_bins=self.rdf_bins)
 
     def cutoff(self, a: str, b: str) -> float:
         """Bond cutoff (Å) of the element pair ``a``-``b``."""

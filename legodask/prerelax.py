@@ -86,6 +86,10 @@ class Options:
     budget: float = 60.0        # seconds per structure (batched: its share of each step)
     batch_size: int = 256
     scipy_unit: float = 0.1     # Å per scaled variable in L-BFGS-B (its first step is 1 unit)
+    box: float = 0.5            # L-BFGS-B moves each variable at most this far (about Å)
+    #                             per round, recentred while it ends on the box's face
+    #                             (0: no box); keeps the line search out of the empty
+    #                             cell, where every spectrum is zero
     seed: int = 0
 
 
@@ -211,12 +215,12 @@ def relaxed_row(p: Problem, x: np.ndarray) -> dict[str, Any]:
 # reference targets
 # ---------------------------------------------------------------------------
 
-_TARGETS: dict[int, tuple[Environment, dict[str, np.ndarray]]] = {}
+_TARGETS: dict[int, tuple[Environment, dict[str, np.ndarray]]] = {}  # by (env, params)
 
 
 def targets(env: Environment, params: SO3Params) -> dict[str, np.ndarray]:
     """Distinct reference spectra of each element, (K, size), cached per environment."""
-    key = id(env)
+    key = hash((id(env), params))
     if key in _TARGETS and _TARGETS[key][0] is env:
         return _TARGETS[key][1]
     ref = env.reference
@@ -468,7 +472,7 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
     import torch
     from scipy.optimize import minimize
 
-    params = params or SO3Params(rcut=env.rcut)
+    params = params or env.params
     t0 = time.perf_counter()
     batch = make_batch([p], [p.x0], env, params)
     unit = p.unit * opts.scipy_unit
@@ -491,11 +495,29 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
     scaled_bounds = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b)
                      for a, b in scaled_bounds]
 
+    lo_s, hi_s = lo / unit, hi / unit
+    half = opts.box / opts.scipy_unit  # the box's half-width in scaled units
+
     def lbfgs(y: np.ndarray) -> int:
-        res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=scaled_bounds,
-                       options={"maxiter": opts.maxiter, "ftol": opts.ftol,
-                                "gtol": opts.fmax * opts.scipy_unit})  # fmax is per Å
-        return int(res.nit)
+        nit = 0
+        while nit < opts.maxiter:
+            box = scaled_bounds if not opts.box else [
+                (max(a, v - half) if a is not None else v - half,
+                 min(b, v + half) if b is not None else v + half)
+                for (a, b), v in zip(scaled_bounds, y)]
+            res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=box,
+                           options={"maxiter": opts.maxiter - nit, "ftol": opts.ftol,
+                                    "gtol": opts.fmax * opts.scipy_unit})  # fmax is per Å
+            nit += max(int(res.nit), 1)
+            y = res.x
+            if not opts.box:
+                break
+            box_lo, box_hi = np.array(box, float).T
+            on_face = (((y <= box_lo + 1e-9) & (box_lo > lo_s + 1e-9))
+                       | ((y >= box_hi - 1e-9) & (box_hi < hi_s - 1e-9)))
+            if not on_face.any():
+                break
+        return nit
 
     rng = np.random.default_rng(opts.seed)
     nit = 0
@@ -576,7 +598,7 @@ def relax_batch(problems: Sequence[Problem], env: Environment, opts: Options = O
     structures active in it; one whose share passes ``budget`` seconds is stopped
     at its best point and recorded as over its budget.
     """
-    params = params or SO3Params(rcut=env.rcut)
+    params = params or env.params
     n_all = len(problems)
     xs = [p.x0.copy() for p in problems]
     result: list[Outcome | None] = [None] * n_all
@@ -791,7 +813,7 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
             out[k] = _guarded(records[k], lambda p=p: relax_scipy(p, env, options), p, env)
     else:
         todo.sort(key=lambda kp: kp[1].natoms)
-        params = SO3Params(rcut=env.rcut)
+        params = env.params
         for i in range(0, len(todo), options.batch_size):
             chunk = todo[i:i + options.batch_size]
             try:
@@ -837,13 +859,17 @@ def spread_limit(limit: int, counts: Sequence[int]) -> list[int]:
     return quota
 
 
-def prerelax(run: Any, source: str | None = None, env: str = "graphite",
+def prerelax(run: Any, source: str | None = None, env: str | Environment = "graphite",
              device: str = "auto", limit: int | None = None,
-             options: Options = Options(), output: str = "prerelaxed") -> Any:
+             options: Options = Options(), output: str = "prerelaxed",
+             rdf_bins: int = 0) -> Any:
     """Pre-relax table ``source`` (``samples``, else ``decoded``) of a run into
     ``RUN/prerelaxed.parquet``; on a cluster with a GPU worker the batched path
-    runs there."""
+    runs there.  ``rdf_bins`` > 0 adds the smoothed RDF to the descriptor."""
     from . import cluster
+
+    if rdf_bins:
+        env = replace(get_environment(env), rdf_bins=rdf_bins)
 
     if source is None:
         source = "samples" if run.table_path("samples").exists() else "decoded"
@@ -884,6 +910,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds per structure (batched path: its share of each step)")
     p.add_argument("--batch-size", type=int, default=Options.batch_size)
     p.add_argument("--hops", type=int, default=0, help="basin-hopping restarts (CPU path)")
+    p.add_argument("--rdf-bins", type=int, default=0,
+                   help="add the smoothed RDF in so many bins to the descriptor (pyxtal: 20)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -891,6 +919,6 @@ def command(args: argparse.Namespace) -> int:
 
     opts = Options(budget=args.budget, batch_size=args.batch_size, hops=args.hops)
     result = prerelax(Run(args.run), args.input, args.env, args.device, args.limit, opts,
-                      args.output)
+                      args.output, args.rdf_bins)
     print(result)
     return 0

@@ -120,3 +120,41 @@ def test_torch_gradient_matches_finite_differences():
     w = torch.full((len(vec),), 6.0, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda v: so3(v, center, w, 1), (vec,), eps=1e-6,
                                     atol=1e-5, rtol=1e-6)
+
+
+def test_rdf_part_matches_pyxtal_in_weight_and_peak():
+    """pyxtal's smoothed histogram of neighbour distances and our differentiable
+    form of it: the same total (0.5 x the neighbours) and mean distance, on
+    crystals with no neighbour in the last bin (where ours fades out) and at most
+    pyxtal's 12 neighbours per atom."""
+    params = SO3Params(rdf_bins=20)
+    so3 = _pyxtal_so3(2.1)
+    crystals = _random_crystals()
+    for atoms in [get_environment("graphite").reference, crystals[0], crystals[2], crystals[5]]:
+        ours = power_spectrum(atoms, params)
+        torch_ = SO3Torch(params).of_atoms(atoms).numpy()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = so3.compute_p(atoms * (3, 3, 3), list(range(len(atoms))), return_rdf=True)
+        assert ours.shape == ref.shape == (len(atoms), 35)
+        np.testing.assert_allclose(torch_, ours, rtol=1e-9, atol=1e-9)
+        np.testing.assert_allclose(ours[:, :15], ref[:, :15], rtol=1e-8, atol=1e-8)
+        inside = ref[:, 15:].sum(1) > 0
+        np.testing.assert_allclose(ours[:, 15:].sum(1), ref[:, 15:].sum(1), rtol=0.03, atol=0.05)
+        centres = (np.arange(20) + 0.5) * 2.1 / 20
+        mean = [(r[inside, 15:] * centres).sum(1) / r[inside, 15:].sum(1) for r in (ours, ref)]
+        np.testing.assert_allclose(mean[0], mean[1], atol=2.1 / 20 / 2)  # pyxtal snaps to bins
+
+
+def test_rdf_gradient_matches_finite_differences_and_fades_at_the_cutoff():
+    params = SO3Params(rcut=2.1, rdf_bins=20)
+    so3 = SO3Torch(params)
+    r = torch.tensor([[1.42, 0.0, 0.0], [0.3, 1.2, 0.5], [0.0, 0.0, 2.06]],
+                     dtype=torch.float64, requires_grad=True)
+    center = torch.zeros(3, dtype=torch.long)
+    w = torch.full((3,), 6.0, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda v: so3(v, center, w, 1), (r,), eps=1e-6,
+                                    atol=1e-5, rtol=1e-6)
+    near_cut = [so3(torch.tensor([[0.0, 0.0, d]], dtype=torch.float64), center[:1], w[:1], 1)
+                [0, 15:].sum().item() for d in (2.0999, 2.1001)]
+    assert near_cut[0] < 1e-6 and near_cut[1] == 0.0

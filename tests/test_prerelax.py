@@ -66,6 +66,21 @@ def test_graphite_reference_has_zero_loss_and_is_a_fixed_point(graphite):
     assert res.loss < 1e-20 and np.allclose(res.x, p.x0)
 
 
+def test_the_rdf_descriptor_keeps_graphite_fixed_and_brings_a_strained_one_back(graphite):
+    env = dataclasses.replace(graphite, rdf_bins=20)
+    assert env.params.size == 35
+    row = _graphite_row()
+    p = build_problem(row)
+    loss, grad = loss_and_grad(make_batch([p], [p.x0], env, env.params), torch.as_tensor(p.x0))
+    assert float(loss[0]) < 1e-20 and float(grad.abs().max()) < 1e-8
+    # compressed by 6.5 %: its loss is above that of an empty cell, which L-BFGS-B's
+    # line search would reach without the trust box
+    strained = _graphite_row(a=2.3, b=2.3)
+    for e, device in [(env, "cpu"), (env, "torch"), (graphite, "cpu")]:
+        out = prerelax_frame(S.conform(pd.DataFrame([strained])), e, device=device)
+        assert bool(out["valid_env"].iloc[0]) and out["a"].iloc[0] == pytest.approx(2.46, abs=0.02)
+
+
 def test_diamond_cannot_become_sp2_but_its_r3m_subgroup_can(graphite):
     x = pyxtal()
     x.from_prototype("diamond")
