@@ -159,8 +159,9 @@ def main() -> None:
               "epochs on a small augmented set); throughput and memory are the subject, "
               "see `generate` for the models' quality.  Every stage runs on a fresh "
               "LocalCluster and its peak is the largest worker's resident set: a worker "
-              "holds one partition (at most 50,000 rows) at a time, so the peak does not "
-              "grow with the row count.  Pre-relaxation runs on the first valid rows "
+              "holds one partition at a time, so the peak follows the partition size "
+              "(n/20 rows, at most 50,000: 500, 5,000 and 50,000 rows at 10k, 100k and "
+              "1M), not the row count.  Pre-relaxation runs on the first valid rows "
               "(spread over the partitions); dedup reads every row and fingerprints the "
               "valid-environment ones, joining each partition against the fingerprints "
               "seen so far."]
