@@ -154,8 +154,9 @@ def baseline(train: pd.DataFrame, n: int) -> dict:
 def markdown(res: dict, cmd: str) -> str:
     lo, hi = PAPER_MIN_PER_1000
     out = ["# augment: the paper's training sets (Table I), speed and memory", "",
-           f"Command: `{cmd}`  ",
-           f"Machine: shared 2-core CPU, {res['workers']} worker process(es), 1 thread each, "
+           *[f"Command ({', '.join(r['preset'] for r in res['presets'] if r.get('command', cmd) == c)}): "
+             f"`{c}`  " for c in dict.fromkeys(r.get("command", cmd) for r in res["presets"])],
+           f"Machine: shared 2-core CPU, worker processes as in the table, 1 thread each, "
            f"`nice -n 10`, `OMP_NUM_THREADS=1`; environment test `{res['check']}`.", "",
            "| dataset | structures | rows (ours) | rows (paper) | unique symmetries (ours) "
            "| (paper) | min per 1,000 rows, one core | rows/s/core | workers "
@@ -310,7 +311,7 @@ def main() -> int:
         r = run_preset(name, sub, work, args.workers, args.check)
         if frac > 1:
             r["fraction"] = frac
-        r["workers"] = args.workers
+        r["workers"], r["command"] = args.workers, cmd.strip()
         res["presets"].append(r)
         print(json.dumps({k: v for k, v in r.items() if k != "params"}), flush=True)
     old = (json.loads((RESULTS / f"{stem}.json").read_text())
