@@ -20,6 +20,7 @@ import json
 import logging
 import shutil
 import uuid
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,6 +116,7 @@ class Mixture:
 def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
                 seed: int = 0) -> Mixture:
     """Fit a Bayesian GMM (Dirichlet-process prior, as CTGAN) to a column's values."""
+    from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture
 
     x = x[np.isfinite(x)]
@@ -126,7 +128,13 @@ def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
     gm = BayesianGaussianMixture(n_components=n, weight_concentration_prior_type="dirichlet_process",
                                  weight_concentration_prior=1e-3, max_iter=200, n_init=1,
                                  random_state=seed)
-    gm.fit(x.reshape(-1, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        gm.fit(x.reshape(-1, 1))
+    if any(issubclass(w.category, ConvergenceWarning) for w in caught):
+        # harmless for an encoder (CTGAN's fits stop the same way): one line, not a trace
+        log.info("%s: the Gaussian mixture stopped after %d iterations before converging",
+                 column, gm.max_iter)
     keep = gm.weights_ > 5e-3
     w = gm.weights_[keep]
     return Mixture(column, gm.means_[keep, 0].tolist(),
