@@ -86,10 +86,9 @@ class Options:
     budget: float = 60.0        # seconds per structure (batched: its share of each step)
     batch_size: int = 256
     scipy_unit: float = 0.1     # Å per scaled variable in L-BFGS-B (its first step is 1 unit)
-    box: float = 0.5            # L-BFGS-B moves each variable at most this far (about Å)
-    #                             per round, recentred while it ends on the box's face
-    #                             (0: no box); keeps the line search out of the empty
-    #                             cell, where every spectrum is zero
+    box: float = 0.5            # when L-BFGS-B runs off to an empty cell (a length at
+    #                             its bound), it starts again moving each variable at
+    #                             most this far (about Å) per round (0: never)
     seed: int = 0
 
 
@@ -496,28 +495,36 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
                      for a, b in scaled_bounds]
 
     lo_s, hi_s = lo / unit, hi / unit
-    half = opts.box / opts.scipy_unit  # the box's half-width in scaled units
 
-    def lbfgs(y: np.ndarray) -> int:
-        nit = 0
+    def lbfgs(y: np.ndarray, box: float = 0.0) -> int:
+        """L-BFGS-B from ``y``; with ``box`` > 0 (Å) inside a box of that half-width,
+        recentred while the optimum lies on one of its faces."""
+        nit, half = 0, box / opts.scipy_unit
         while nit < opts.maxiter:
-            box = scaled_bounds if not opts.box else [
+            bounds_now = scaled_bounds if not box else [
                 (max(a, v - half) if a is not None else v - half,
                  min(b, v + half) if b is not None else v + half)
                 for (a, b), v in zip(scaled_bounds, y)]
-            res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=box,
+            res = minimize(fun, y, jac=True, method="L-BFGS-B", bounds=bounds_now,
                            options={"maxiter": opts.maxiter - nit, "ftol": opts.ftol,
                                     "gtol": opts.fmax * opts.scipy_unit})  # fmax is per Å
             nit += max(int(res.nit), 1)
             y = res.x
-            if not opts.box:
+            if not box:
                 break
-            box_lo, box_hi = np.array(box, float).T
+            box_lo, box_hi = np.array(bounds_now, float).T
             on_face = (((y <= box_lo + 1e-9) & (box_lo > lo_s + 1e-9))
                        | ((y >= box_hi - 1e-9) & (box_hi < hi_s - 1e-9)))
             if not on_face.any():
                 break
         return nit
+
+    def escaped() -> bool:
+        """The best point has a cell length at its upper bound: the line search ran
+        off to an empty cell (every spectrum zero), whose loss can be below that of a
+        compressed start."""
+        lengths = p.kind == 0
+        return bool(np.any(best["x"][lengths] >= hi[lengths] * (1 - 1e-9)))
 
     rng = np.random.default_rng(opts.seed)
     nit = 0
@@ -529,6 +536,9 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
                            options={"maxiter": opts.nelder_mead})
             y, nit = res.x, nit + res.nit
         nit += lbfgs(y)
+        if opts.box and escaped():  # again from the start, in small steps
+            best.update(loss=math.inf)
+            nit += lbfgs(p.x0 / unit, opts.box)
         for _ in range(opts.hops):  # basin hopping: restart near the best point
             if best["loss"] < opts.hop_above:
                 break
