@@ -153,9 +153,11 @@ def baseline(train: pd.DataFrame, n: int) -> dict:
 
 def markdown(res: dict, cmd: str) -> str:
     lo, hi = PAPER_MIN_PER_1000
+    by_command: dict[str, list[str]] = {}   # the command that made each preset's row
+    for r in res["presets"]:
+        by_command.setdefault(r.get("command", cmd), []).append(r["preset"])
     out = ["# augment: the paper's training sets (Table I), speed and memory", "",
-           *[f"Command ({', '.join(r['preset'] for r in res['presets'] if r.get('command', cmd) == c)}): "
-             f"`{c}`  " for c in dict.fromkeys(r.get("command", cmd) for r in res["presets"])],
+           *[f"Command ({', '.join(names)}): `{c}`  " for c, names in by_command.items()],
            f"Machine: shared 2-core CPU, worker processes as in the table, 1 thread each, "
            f"`nice -n 10`, `OMP_NUM_THREADS=1`; environment test `{res['check']}`.", "",
            "| dataset | structures | rows (ours) | rows (paper) | unique symmetries (ours) "

@@ -76,7 +76,8 @@ def rdf_terms(r: Any, p: SO3Params, xp: Any) -> Any:
     centres = (xp.arange(p.rdf_bins, dtype=r.dtype) + 0.5) * dr
     if xp is not np:
         centres = centres.to(r.device)
-    gauss = xp.exp(-((r[:, None] - centres[None, :]) / s) ** 2 / 2) * (dr / (s * math.sqrt(2 * math.pi)))
+    area = dr / (s * math.sqrt(2 * math.pi))
+    gauss = xp.exp(-((r[:, None] - centres[None, :]) / s) ** 2 / 2) * area
     edge = xp.clip((p.rcut - r) / dr, 0.0, 1.0)
     taper = 0.5 - 0.5 * xp.cos(math.pi * edge)
     return p.rdf_weight * gauss * taper[:, None]

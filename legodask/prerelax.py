@@ -214,12 +214,13 @@ def relaxed_row(p: Problem, x: np.ndarray) -> dict[str, Any]:
 # reference targets
 # ---------------------------------------------------------------------------
 
-_TARGETS: dict[int, tuple[Environment, dict[str, np.ndarray]]] = {}  # by (env, params)
+_TARGETS: dict[tuple[int, SO3Params], tuple[Environment, dict[str, np.ndarray]]] = {}
 
 
 def targets(env: Environment, params: SO3Params) -> dict[str, np.ndarray]:
-    """Distinct reference spectra of each element, (K, size), cached per environment."""
-    key = hash((id(env), params))
+    """Distinct reference spectra of each element, (K, size), cached per environment
+    and descriptor."""
+    key = (id(env), params)
     if key in _TARGETS and _TARGETS[key][0] is env:
         return _TARGETS[key][1]
     ref = env.reference
@@ -490,11 +491,9 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
             best.update(loss=value, x=x.copy())
         return value, grad.numpy() * unit
 
-    scaled_bounds = list(zip(lo / unit, hi / unit))
-    scaled_bounds = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b)
-                     for a, b in scaled_bounds]
-
     lo_s, hi_s = lo / unit, hi / unit
+    scaled_bounds = [(None if not np.isfinite(a) else a, None if not np.isfinite(b) else b)
+                     for a, b in zip(lo_s, hi_s)]
 
     def lbfgs(y: np.ndarray, box: float = 0.0) -> int:
         """L-BFGS-B from ``y``; with ``box`` > 0 (Å) inside a box of that half-width,
@@ -542,7 +541,7 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
         for _ in range(opts.hops):  # basin hopping: restart near the best point
             if best["loss"] < opts.hop_above:
                 break
-            y = np.clip(best["x"] / unit + rng.normal(0, 0.3, len(y)), lo / unit, hi / unit)
+            y = np.clip(best["x"] / unit + rng.normal(0, 0.3, len(y)), lo_s, hi_s)
             nit += lbfgs(y)
     except BudgetExceeded as exc:
         error = str(exc)
@@ -840,7 +839,8 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
                 relax = ((lambda res=res: res) if res is not None else
                          (lambda p=p: relax_scipy(p, env, options)))
                 out[k] = _guarded(records[k], relax, p, env)
-    relaxed = pd.DataFrame.from_records(out, index=frame.index[chosen], columns=list(passed.columns))
+    relaxed = pd.DataFrame.from_records(out, index=frame.index[chosen],
+                                        columns=list(passed.columns))
     both = pd.concat([S.conform(passed, extra), S.conform(relaxed, extra)])
     both = both.iloc[np.argsort(np.concatenate([rest, chosen]), kind="stable")]
     return both[list(S.empty_frame(extra).columns)]
@@ -921,7 +921,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=["cpu", "torch", "auto"], default="auto",
                    help="cpu: scipy per structure; torch: batched (GPU if any); "
                         "auto: batched on a GPU worker, else scipy")
-    p.add_argument("--limit", type=int, default=None, help="relax only N valid rows, spread evenly over the partitions "
+    p.add_argument("--limit", type=int, default=None,
+                   help="relax only N valid rows, spread evenly over the partitions "
                         "(the first valid rows of each)")
     p.add_argument("--budget", type=float, default=Options.budget,
                    help="seconds per structure (batched path: its share of each step)")

@@ -32,9 +32,10 @@ from .query import columns, connect
 from .store import Run
 
 MAX_POINTS = 20_000
-# The training source's DFT energies (SACADA's key) and their ground state: graphite,
-# -9.355 eV/atom with VASP r2SCAN (the paper).
-TRAIN_DFT = ("vasp_energy", -9.355, "VASP r2SCAN, from the source")
+# The training source's DFT energies (SACADA's key) and their ground state: graphite
+# with VASP r2SCAN, eV/atom (the paper).
+VASP_GRAPHITE = -9.355
+TRAIN_DFT = ("vasp_energy", VASP_GRAPHITE, "VASP r2SCAN, from the source")
 
 
 def load_metrics(run: Run, window: float = M.WINDOW) -> dict[str, Any]:
@@ -51,12 +52,13 @@ def load_metrics(run: Run, window: float = M.WINDOW) -> dict[str, Any]:
 
 def generated(con: Any, tables: set[str], model: str | None) -> pd.DataFrame:
     """Unique generated crystals: atoms in the primitive cell, space group, free
-    variables and (when ranked) energy; a random sample of at most ``MAX_POINTS``."""
+    variables and (when ranked) energy above the ground state; a random sample of
+    at most ``MAX_POINTS``."""
     if D.TABLE not in tables:
         return pd.DataFrame()
     source = "ranked" if "ranked" in tables else None
     cols = columns(con, source) if source else []
-    picks = {"dof": "dof", f"energy_{model}": "energy", f"{M.ENERGY_PREFIX}{model}": "e_above"}
+    picks = {"dof": "dof", f"{M.ENERGY_PREFIX}{model}": "e_above"}
     extra = "".join(f', r."{c}" AS {name}' for c, name in picks.items() if c in cols)
     join = f'JOIN "{source}" r ON f.id = r.id' if source else ""
     return con.execute(f"""
