@@ -159,7 +159,7 @@ def markdown(res: dict, cmd: str) -> str:
     out = ["# augment: the paper's training sets (Table I), speed and memory", "",
            *[f"Command ({', '.join(names)}): `{c}`  " for c, names in by_command.items()],
            f"Machine: shared 2-core CPU, worker processes as in the table, 1 thread each, "
-           f"`nice -n 10`, `OMP_NUM_THREADS=1`; environment test `{res['check']}`.", "",
+           f"`OMP_NUM_THREADS=1`; environment test `{res['check']}`.", "",
            "| dataset | structures | rows (ours) | rows (paper) | unique symmetries (ours) "
            "| (paper) | min per 1,000 rows, one core | rows/s/core | workers "
            "| peak RSS per worker (MB) | largest partition (rows) |",
@@ -290,7 +290,7 @@ def main() -> int:
                     help="rewrite the .md from the saved .json, running nothing")
     args = ap.parse_args()
     stem = "augment-quick" if args.quick else "augment"
-    cmd = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/augment.py " + " ".join(
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/augment.py " + " ".join(
         a for a in sys.argv[1:] if a != "--markdown-only")
     if args.markdown_only:
         res = json.loads((RESULTS / f"{stem}.json").read_text())

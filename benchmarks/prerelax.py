@@ -277,7 +277,7 @@ def main() -> None:
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     OUT.mkdir(exist_ok=True)
     name = "prerelax-quick" if args.quick else "prerelax"
-    cmd = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/prerelax.py" + \
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/prerelax.py" + \
         (" --quick" if args.quick else "")
     by_set = {r["set"]: r for r in rows if r["code"].startswith("pyxtal")}
     for r in rows:

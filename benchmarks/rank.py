@@ -254,7 +254,7 @@ def main() -> None:
         _merge(res, json.loads((RESULTS / f"{name}.json").read_text()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=1, default=str))
-    command = "OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rank.py " + " ".join(sys.argv[1:])
+    command = "OMP_NUM_THREADS=1 python benchmarks/rank.py " + " ".join(sys.argv[1:])
     (RESULTS / f"{name}.md").write_text(markdown(res, command.strip()))
     print(markdown(res, command.strip()))
 
