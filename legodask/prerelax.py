@@ -12,11 +12,14 @@ Two optimisers over one model (``Batch`` + ``batch_loss``, exact gradients by
 torch autograd):
 
 * ``relax_scipy``: one crystal, scipy L-BFGS-B (optionally after a short
-  Nelder-Mead start, and followed by basin hopping for hard cases);
+  Nelder-Mead start);
 * ``relax_batch``: many crystals at once, L-BFGS with per-structure memory,
   trust radius (step-length control), convergence and early exit (TorchSim
   style: the state is a dataclass, the optimiser a function over it), on CPU or
   GPU.
+
+``relax_rows`` runs either, checks each environment and rescues the crystals
+that miss it (a wider-cutoff continuation, then basin hopping).
 
 Bounds: cell lengths 1.5-50 Å, angles 30-150°.  Fractional coordinates are left
 unbounded (the objective is periodic in them; the written row wraps them into
@@ -74,14 +77,18 @@ class Options:
 
     maxiter: int = 600          # L-BFGS-B iterations (the reference: 400 + 200)
     nelder_mead: int = 0        # derivative-free iterations before L-BFGS-B
-    hops: int = 0               # basin-hopping restarts while the loss stays high
+    wide_rcut: float = 3.0      # rescue: relax first with this descriptor cutoff (Å),
+    #                             then with the reference's (0: no such rescue)
+    hops: int = 4               # rescue: basin-hopping restarts from the best point
     steps: int = 600            # batched L-BFGS steps
     fmax: float = 1e-4          # converged: largest scaled gradient component
     loss_tol: float = 1e-8      # converged: loss below this
     ftol: float = 1e-8          # converged when a step gains less than this (absolute)
     patience: int = 30          # batched: converged when the loss gains less than
     #                             max(1e-4 loss, patience x ftol) in so many steps
-    hop_above: float = 1e-3     # basin hopping only while the loss is above this
+    hop_step: float = 0.5       # basin hop i moves each atom's free coordinates by about
+    #                             (i + 1) x this (Å) from the start ...
+    hop_strain: float = 0.05    # ... and strains its cell parameters by (i + 1) x this
     max_step: float = 0.2       # batched: largest step per structure (scaled, ~Å)
     budget: float = 60.0        # seconds per structure (batched: its share of each step)
     batch_size: int = 256
@@ -462,22 +469,26 @@ class Outcome:
     loss: float
     iterations: int
     seconds: float
-    error: str | None = None
+    error: str | None = None      # the relaxation was cut (budget) or blew up
+    valid: bool = False           # the relaxed crystal has the environment
+    reason: str | None = None     # why not, when it has not
 
 
 def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
-                params: SO3Params | None = None) -> Outcome:
-    """One structure with scipy: [Nelder-Mead], L-BFGS-B with exact gradients,
-    [basin hopping]; the best point found is kept when the budget runs out."""
+                params: SO3Params | None = None, x0: np.ndarray | None = None) -> Outcome:
+    """One structure with scipy from ``x0`` (default: the row's): [Nelder-Mead], then
+    L-BFGS-B with exact gradients; the best point found is kept when the budget runs
+    out."""
     import torch
     from scipy.optimize import minimize
 
     params = params or env.params
     t0 = time.perf_counter()
-    batch = make_batch([p], [p.x0], env, params)
+    start = p.x0 if x0 is None else np.asarray(x0, float)
+    batch = make_batch([p], [start], env, params)
     unit = p.unit * opts.scipy_unit
     lo, hi = bounds(p)
-    best = {"loss": math.inf, "x": p.x0.copy()}
+    best = {"loss": math.inf, "x": start.copy()}
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if time.perf_counter() - t0 > opts.budget:
@@ -525,11 +536,10 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
         lengths = p.kind == 0
         return bool(np.any(best["x"][lengths] >= hi[lengths] * (1 - 1e-9)))
 
-    rng = np.random.default_rng(opts.seed)
     nit = 0
     error = None
     try:
-        y = p.x0 / unit
+        y = start / unit
         if opts.nelder_mead:
             res = minimize(lambda v: fun(v)[0], y, method="Nelder-Mead", bounds=scaled_bounds,
                            options={"maxiter": opts.nelder_mead})
@@ -537,12 +547,7 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
         nit += lbfgs(y)
         if opts.box and escaped():  # again from the start, in small steps
             best.update(loss=math.inf)
-            nit += lbfgs(p.x0 / unit, opts.box)
-        for _ in range(opts.hops):  # basin hopping: restart near the best point
-            if best["loss"] < opts.hop_above:
-                break
-            y = np.clip(best["x"] / unit + rng.normal(0, 0.3, len(y)), lo_s, hi_s)
-            nit += lbfgs(y)
+            nit += lbfgs(start / unit, opts.box)
     except BudgetExceeded as exc:
         error = str(exc)
     if not math.isfinite(best["loss"]):
@@ -593,7 +598,8 @@ def _lbfgs_direction(st: LbfgsState, owner: Any, n: int) -> Any:
 
 def relax_batch(problems: Sequence[Problem], env: Environment, opts: Options = Options(),
                 device: Any = "cpu", params: SO3Params | None = None,
-                memory: int = 10) -> list[Outcome]:
+                memory: int = 10, xs: Sequence[np.ndarray] | None = None,
+                spent: Sequence[float] | None = None) -> list[Outcome]:
     """L-BFGS on many structures at once, in scaled variables (about 1 Å per unit).
 
     Per structure: its own curvature memory, a trust radius on the step (grown
@@ -605,14 +611,16 @@ def relax_batch(problems: Sequence[Problem], env: Environment, opts: Options = O
     the active ones.  A structure whose loss turns non-finite is frozen at its
     last finite point and recorded.  Each step's time is shared among the
     structures active in it; one whose share passes ``budget`` seconds is stopped
-    at its best point and recorded as over its budget.
+    at its best point and recorded as over its budget.  ``xs`` are the starting
+    points (default: the rows'), ``spent`` the seconds each has already used.
     """
     params = params or env.params
     n_all = len(problems)
-    xs = [p.x0.copy() for p in problems]
+    xs = [np.array(x, float) for x in (xs if xs is not None else [p.x0 for p in problems])]
     result: list[Outcome | None] = [None] * n_all
     iters = np.zeros(n_all, int)
-    spent = np.zeros(n_all)
+    spent0 = np.zeros(n_all) if spent is None else np.array(spent, float)
+    spent = spent0.copy()
     todo = list(range(n_all))
     steps_left = opts.steps
     while todo and steps_left > 0:
@@ -631,7 +639,7 @@ def relax_batch(problems: Sequence[Problem], env: Environment, opts: Options = O
         todo = [k for k in todo if result[k] is None]
     for k in range(n_all):
         res = result[k] or Outcome(xs[k], math.nan, int(iters[k]), 0.0, "not finished")
-        result[k] = replace(res, seconds=float(spent[k]))
+        result[k] = replace(res, seconds=float(spent[k] - spent0[k]))
     return result  # type: ignore[return-value]
 
 
@@ -732,21 +740,94 @@ def _lbfgs(b: Batch, opts: Options, memory: int, steps: int, spent: np.ndarray
 # rows
 # ---------------------------------------------------------------------------
 
-def _finish(row: Mapping[str, Any], p: Problem, out: Outcome, env: Environment
-            ) -> dict[str, Any]:
-    """The relaxed row with the PRERELAX columns; the environment check runs on
-    the relaxed crystal as decoded from the written row."""
-    rec = dict(row)
-    rec.update(relaxed_row(p, out.x))
-    rec.update(loss=out.loss, iterations=out.iterations, seconds=out.seconds)
+def check(row: Mapping[str, Any], p: Problem, out: Outcome, env: Environment) -> Outcome:
+    """``out`` with ``valid`` and ``reason`` set: the environment check of the
+    relaxed crystal as decoded from the row that would be written."""
     try:
-        atoms = codec.row_to_atoms(rec)
-        ok, reason = check_atoms(atoms, env)
+        ok, reason = check_atoms(codec.row_to_atoms({**row, **relaxed_row(p, out.x)}), env)
     except codec.DecodeError as exc:
         ok, reason = False, f"relaxed crystal is invalid: {exc}"
     if out.error:
         ok, reason = False, out.error if ok else f"{out.error}; {reason}"
-    rec.update(valid_env=bool(ok), env_error=reason)
+    return replace(out, valid=bool(ok), reason=reason)
+
+
+def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
+               env: Environment, opts: Options = Options(), mode: str = "scipy",
+               params: SO3Params | None = None) -> list[Outcome]:
+    """Relax crystals (``mode``: ``scipy`` one by one, or batched on ``cpu`` /
+    ``cuda``), check their environments, and rescue those that miss it.
+
+    A perturbation can push a bond out of the descriptor's cutoff or crowd a
+    second neighbour into it, and L-BFGS then settles with the wrong neighbours.
+    The rescues, in order, for the structures still without the environment: a
+    continuation (relax from the start with the wider cutoff ``opts.wide_rcut``,
+    which sees those atoms, then with the reference's), then ``opts.hops`` basin
+    hops (restart from the start moved by a random step, farther each time: hop
+    i moves the free coordinates by about (i + 1) x ``opts.hop_step`` Å and
+    strains the cell by (i + 1) x ``opts.hop_strain``).
+    A rescue is kept when it reaches the environment, or when it lowers the loss
+    of a structure that still misses it; a structure that runs out of its budget
+    is not rescued further.  Time and iterations add up over the attempts.
+    """
+    params = params or env.params
+    wide = replace(params, rcut=opts.wide_rcut)
+
+    def run(todo: list[int], xs: list[np.ndarray], par: SO3Params,
+            used: np.ndarray) -> list[Outcome]:
+        ps = [problems[k] for k in todo]
+        if mode == "scipy":
+            return [relax_scipy(p, env, replace(opts, budget=opts.budget - u), par, x)
+                    for p, x, u in zip(ps, xs, used)]
+        return relax_batch(ps, env, opts, mode, par, xs=xs, spent=used)
+
+    def add(before: np.ndarray, res: list[Outcome]) -> np.ndarray:
+        return before + np.array([r.seconds for r in res])
+
+    n = len(problems)
+    zero = np.zeros(n)
+    out = [check(r, p, o, env) for r, p, o in
+           zip(rows, problems, run(list(range(n)), [p.x0 for p in problems], params, zero))]
+    rng = np.random.default_rng(opts.seed)
+    stages = (["wide"] if opts.wide_rcut > params.rcut else []) + list(range(opts.hops))
+    for stage in stages:
+        todo = [k for k, o in enumerate(out) if not o.valid and o.error is None]
+        if not todo:
+            break
+        used = np.array([out[k].seconds for k in todo])
+        if stage == "wide":
+            first = run(todo, [problems[k].x0 for k in todo], wide, used)
+            new = run(todo, [o.x for o in first], params, add(used, first))
+            for a, b in zip(first, new):
+                b.seconds += a.seconds
+                b.iterations += a.iterations
+                b.error = b.error or a.error
+        else:
+            starts = []
+            for k in todo:
+                p = problems[k]
+                lo, hi = bounds(p)
+                size = np.where(p.kind == 2, opts.hop_step * p.unit, opts.hop_strain * p.x0)
+                move = rng.normal(0.0, 1.0, len(p.x0)) * size * (stage + 1)
+                starts.append(np.clip(p.x0 + move, lo, hi))
+            new = run(todo, starts, params, used)
+        for k, res in zip(todo, new):
+            res = check(rows[k], problems[k], res, env)
+            old = out[k]
+            keep = res if (res.valid or res.loss < old.loss) else old
+            out[k] = replace(keep, seconds=old.seconds + res.seconds,
+                             iterations=old.iterations + res.iterations)
+            if res.error and keep is old:  # cut short: no further rescue
+                out[k] = replace(out[k], error=res.error, reason=f"{res.error}; {old.reason}")
+    return out
+
+
+def _finish(row: Mapping[str, Any], p: Problem, out: Outcome) -> dict[str, Any]:
+    """The relaxed row with the PRERELAX columns of a checked outcome."""
+    rec = dict(row)
+    rec.update(relaxed_row(p, out.x))
+    rec.update(loss=out.loss, iterations=out.iterations, seconds=out.seconds,
+               valid_env=out.valid, env_error=out.reason)
     return rec
 
 
@@ -765,7 +846,8 @@ def prerelax_row(row: Mapping[str, Any], env: Environment | str = "graphite",
         p = build_problem(row)
     except codec.DecodeError as exc:
         return _failed(row, f"not a valid crystal: {exc}")
-    return _finish(row, p, relax_scipy(p, env, options), env)
+    [out] = relax_rows([row], [p], env, options)
+    return _finish(row, p, out)
 
 
 def _resolve_device(device: str) -> str:
@@ -824,21 +906,20 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
         torch.set_num_threads(1)  # small tensors; dask runs one task per core
     if mode == "scipy":
         for k, p in todo:
-            out[k] = _guarded(records[k], lambda p=p: relax_scipy(p, env, options), p, env)
+            out[k] = _guarded(records[k], p, env, options)
     else:
         todo.sort(key=lambda kp: kp[1].natoms)
-        params = env.params
         for i in range(0, len(todo), options.batch_size):
             chunk = todo[i:i + options.batch_size]
             try:
-                results = relax_batch([p for _, p in chunk], env, options, mode, params)
+                results = relax_rows([records[k] for k, _ in chunk], [p for _, p in chunk],
+                                     env, options, mode)
             except Exception as exc:  # the batch failed: relax its rows one by one
                 log.warning("batch of %d failed (%s); relaxing one by one", len(chunk), exc)
                 results = [None] * len(chunk)
             for (k, p), res in zip(chunk, results):
-                relax = ((lambda res=res: res) if res is not None else
-                         (lambda p=p: relax_scipy(p, env, options)))
-                out[k] = _guarded(records[k], relax, p, env)
+                out[k] = _finish(records[k], p, res) if res is not None else \
+                    _guarded(records[k], p, env, options)
     relaxed = pd.DataFrame.from_records(out, index=frame.index[chosen],
                                         columns=list(passed.columns))
     both = pd.concat([S.conform(passed, extra), S.conform(relaxed, extra)])
@@ -846,10 +927,12 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
     return both[list(S.empty_frame(extra).columns)]
 
 
-def _guarded(row: Mapping[str, Any], relax: Any, p: Problem, env: Environment) -> dict[str, Any]:
-    """``_finish`` of ``relax()``'s outcome, or the row with the exception as its error."""
+def _guarded(row: Mapping[str, Any], p: Problem, env: Environment, options: Options
+             ) -> dict[str, Any]:
+    """The row relaxed on the CPU (scipy), or with the exception as its error."""
     try:
-        return _finish(row, p, relax(), env)
+        [res] = relax_rows([row], [p], env, options)
+        return _finish(row, p, res)
     except Exception as exc:  # anything unforeseen is a recorded failure
         return _failed(row, f"{type(exc).__name__}: {exc}")
 
@@ -927,7 +1010,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget", type=float, default=Options.budget,
                    help="seconds per structure (batched path: its share of each step)")
     p.add_argument("--batch-size", type=int, default=Options.batch_size)
-    p.add_argument("--hops", type=int, default=0, help="basin-hopping restarts (CPU path)")
+    p.add_argument("--hops", type=int, default=Options.hops,
+                   help="basin-hopping restarts for structures that miss the environment")
+    p.add_argument("--wide-rcut", type=float, default=Options.wide_rcut,
+                   help="rescue cutoff (Å) for structures that miss the environment "
+                        "(0: no such rescue)")
     p.add_argument("--rdf-bins", type=int, default=0,
                    help="add the smoothed RDF in so many bins to the descriptor (pyxtal: 20)")
 
@@ -935,7 +1022,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     from .store import Run
 
-    opts = Options(budget=args.budget, batch_size=args.batch_size, hops=args.hops)
+    opts = Options(budget=args.budget, batch_size=args.batch_size, hops=args.hops,
+                   wide_rcut=args.wide_rcut)
     result = prerelax(Run(args.run), args.input, args.env, args.device, args.limit, opts,
                       args.output, args.rdf_bins)
     print(result)

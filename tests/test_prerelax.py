@@ -20,7 +20,7 @@ from legodask.descriptor import SO3Params
 from legodask.environment import get_environment
 from legodask.prerelax import (Options, batch_loss, build_problem, loss_and_grad, make_batch,
                                prerelax, prerelax_frame, prerelax_row, relax_batch,
-                               relax_scipy, spread_limit)
+                               relax_rows, relax_scipy, relaxed_row, spread_limit)
 from legodask.store import Run
 
 
@@ -165,6 +165,50 @@ def test_batched_and_scipy_paths_agree(graphite, small_training_rows):
         np.testing.assert_allclose(res.x / p.unit, single.x / p.unit, atol=0.05)
         converged += res.loss < 1e-6
     assert converged >= 4
+
+
+@pytest.fixture(scope="module")
+def crowded_p6222(sacada_db):
+    """The 6-atom P6_222 allotrope of the training set (6f: 1/2, 0, z) and a
+    start from the bias check: a -0.9 %, c +0.5 %, z + 0.065 (0.42 Å), which puts
+    6 neighbours inside the descriptor's cutoff."""
+    from ase.db import connect
+
+    with connect(sacada_db) as db:
+        rows = [codec.atoms_to_row(r.toatoms()) for r in db.select(natoms=6)]
+    [row] = [r for r in rows if r["spg"] == 180 and r["wp0"] == 5]
+    start = {**row, "a": row["a"] * 0.9909, "b": row["b"] * 0.9909, "c": row["c"] * 1.005,
+             "z0": row["z0"] + 0.0648}
+    return row, start
+
+
+@pytest.mark.parametrize("mode", ["scipy", "cpu"])
+def test_a_structure_that_settles_with_the_wrong_neighbours_is_rescued(graphite, mode,
+                                                                       crowded_p6222):
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    known, start = crowded_p6222
+    p = build_problem(start)
+    [plain] = relax_rows([start], [p], graphite, Options(wide_rcut=0.0, hops=0), mode)
+    assert not plain.valid and "CN 4" in plain.reason and plain.loss > 1.0
+    [res] = relax_rows([start], [p], graphite, Options(), mode)
+    assert res.valid and res.reason is None and res.loss < 1e-5
+    assert res.iterations > plain.iterations and res.seconds > 0
+    out = codec.row_to_atoms({**start, **relaxed_row(p, res.x)})
+    ref = codec.row_to_atoms(known)
+    assert out.get_volume() == pytest.approx(ref.get_volume(), rel=0.02)
+    match = StructureMatcher(ltol=0.05, stol=0.3, angle_tol=3, scale=False).get_rms_dist(
+        *(AseAtomsAdaptor.get_structure(a) for a in (ref, out)))
+    assert match is not None and match[1] * (ref.get_volume() / 6) ** (1 / 3) < 0.1
+
+
+def test_rescue_is_skipped_for_structures_with_the_environment(graphite):
+    row = _graphite_row(a=2.40, b=2.40)
+    p = build_problem(row)
+    [once] = relax_rows([row], [p], graphite, Options(wide_rcut=0.0, hops=0))
+    [res] = relax_rows([row], [p], graphite, Options())
+    assert once.valid and res.valid and res.iterations == once.iterations
 
 
 def test_a_row_past_its_budget_is_cut_and_recorded(graphite):
