@@ -781,9 +781,6 @@ def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
                     for p, x, u in zip(ps, xs, used)]
         return relax_batch(ps, env, opts, mode, par, xs=xs, spent=used)
 
-    def add(before: np.ndarray, res: list[Outcome]) -> np.ndarray:
-        return before + np.array([r.seconds for r in res])
-
     n = len(problems)
     zero = np.zeros(n)
     out = [check(r, p, o, env) for r, p, o in
@@ -797,7 +794,8 @@ def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
         used = np.array([out[k].seconds for k in todo])
         if stage == "wide":
             first = run(todo, [problems[k].x0 for k in todo], wide, used)
-            new = run(todo, [o.x for o in first], params, add(used, first))
+            new = run(todo, [o.x for o in first], params,
+                      used + np.array([o.seconds for o in first]))
             for a, b in zip(first, new):
                 b.seconds += a.seconds
                 b.iterations += a.iterations
