@@ -487,9 +487,10 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     symmetrise the cell, and fill ``natoms, n_sites, dof, valid_xtal, error``.
 
     Valid rows are rewritten in their exact symmetric form; invalid rows are kept
-    as they came, with the reason in ``error``.  No row is dropped.  The result is
-    ``decode_frame_rowwise``'s to the last bit, computed with array operations:
-    projections per (space group, Wyckoff index), distance checks per symmetry.
+    as they came, with the reason in ``error``.  No row is dropped; other columns
+    pass through.  The structure columns are ``decode_frame_rowwise``'s to the last
+    bit, computed with array operations: projections per (space group, Wyckoff
+    index), distance checks per symmetry.
     Rows that fail a cheap check before projection (a bad group, cell, Wyckoff
     index, coordinate or element) take the row-wise path, which words the reason.
     """
