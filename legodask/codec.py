@@ -297,16 +297,14 @@ def decode_row(row: Mapping[str, Any], tol: float = 0.5, min_distance: float = 0
         ops = wyckoff_ops(spg, int(wp_f))
         point, free, moved = project(ops, xyz, G)
         if moved > tol:
-            raise DecodeError(f"site {k}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}) is "
-                              f"{moved:.3f} Å from Wyckoff position {ops.multiplicity}"
-                              f"{ops.letter} (tolerance {tol} Å)")
+            raise DecodeError(_off_position_reason(k, xyz, moved, ops, tol))
         out.sites.append(Site(ops, str(el), point, free, moved))
         if out.natoms > max_atoms:
-            raise DecodeError(f"more than {max_atoms} atoms in the cell")
+            raise DecodeError(_too_many_reason(max_atoms))
     if not out.sites:
-        raise DecodeError("no occupied Wyckoff site")
+        raise DecodeError(NO_SITE)
     if volume / out.natoms < 1.0:
-        raise DecodeError(f"{volume / out.natoms:.3f} Å^3 per atom: {OVERLAP}")
+        raise DecodeError(_dense_reason(volume / out.natoms))
     if check_distances:
         _check_distances(out, min_distance)
     return out
@@ -317,6 +315,24 @@ def _check_distances(dec: Decoded, min_distance: float) -> None:
     d = nearest_distance(frac, cellpar_to_cell(dec.cell), min_distance)
     if d < min_distance:
         raise DecodeError(_overlap_reason(d, min_distance))
+
+
+# The reasons of invalid rows that both decoders give (the row-wise one words the rest).
+NO_SITE = "no occupied Wyckoff site"
+
+
+def _off_position_reason(k: int, xyz: np.ndarray, moved: float, ops: WyckoffOps,
+                         tol: float) -> str:
+    return (f"site {k}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}) is {moved:.3f} Å from "
+            f"Wyckoff position {ops.multiplicity}{ops.letter} (tolerance {tol} Å)")
+
+
+def _too_many_reason(max_atoms: int) -> str:
+    return f"more than {max_atoms} atoms in the cell"
+
+
+def _dense_reason(volume_per_atom: float) -> str:
+    return f"{volume_per_atom:.3f} Å^3 per atom: {OVERLAP}"
 
 
 def _overlap_reason(d: float, min_distance: float) -> str:
@@ -522,19 +538,17 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     for i in np.flatnonzero(fast & (event < 99)):
         site = event[i] // 2
         if event[i] % 2:
-            error[i] = f"more than {max_atoms} atoms in the cell"
+            error[i] = _too_many_reason(max_atoms)
         else:
             ops = wyckoff_ops(int(v.spg[i]), int(v.wp[i, site]))
-            x, y, z = v.xyz[i, site]
-            error[i] = (f"site {site}: ({x:.4f}, {y:.4f}, {z:.4f}) is {proj.moved[i, site]:.3f} Å "
-                        f"from Wyckoff position {ops.multiplicity}{ops.letter} (tolerance {tol} Å)")
+            error[i] = _off_position_reason(site, v.xyz[i, site], proj.moved[i, site], ops, tol)
     natoms = cum[:, -1]
     todo = fast & (event == 99)
-    error[todo & (natoms == 0)] = "no occupied Wyckoff site"
+    error[todo & (natoms == 0)] = NO_SITE
     todo &= natoms > 0
     dense = todo & (volume / np.maximum(natoms, 1) < 1.0)
     for i in np.flatnonzero(dense):
-        error[i] = f"{volume[i] / natoms[i]:.3f} Å^3 per atom: {OVERLAP}"
+        error[i] = _dense_reason(volume[i] / natoms[i])
     todo &= ~dense
     for i, d in _overlaps(v, proj, todo, cell, G, min_distance):
         error[i] = _overlap_reason(d, min_distance)
@@ -624,18 +638,15 @@ def _project_sites(v: _FrameArrays, rows: np.ndarray, G: np.ndarray,
 
 
 def _overlaps(v: _FrameArrays, proj: _Projected, rows: np.ndarray, cell: np.ndarray,
-              G: np.ndarray, cutoff: float, budget: int = 1 << 20
-              ) -> list[tuple[int, float]]:
+              G: np.ndarray, cutoff: float) -> list[tuple[int, float]]:
     """``(row, shortest distance)`` of the rows (a mask) with atoms closer than ``cutoff``.
 
     Rows of one symmetry (group and Wyckoff indices) are checked together: the
     distances from one atom of each site (every atom is the image of one of these
-    under a symmetry operation, an isometry of the symmetrised cell) to every atom,
-    over the lattice shifts within reach.  A first pass expands |u + s|^2 to find the
-    rows with any distance near the cutoff; for those the distances are computed
-    directly, and one within 1e-9 Å of the cutoff or of a rounding step of the
-    reason is left to ``nearest_distance`` (what the row-wise check computes), so
-    that both paths agree exactly.
+    under a symmetry operation, an isometry of the symmetrised cell) to every atom.
+    A distance within 1e-9 Å of the cutoff or of a rounding step of the reason is
+    left to ``nearest_distance`` (what the row-wise check computes), so that both
+    paths agree exactly.
     """
     found: list[tuple[int, float]] = []
     idx = np.flatnonzero(rows)
@@ -649,33 +660,73 @@ def _overlaps(v: _FrameArrays, proj: _Projected, rows: np.ndarray, cell: np.ndar
         frac = np.concatenate([orbit_many(wyckoff_ops(int(v.spg[r[0]]), int(v.wp[r[0], k])),
                                           proj.free[r, k]) for k in slots], axis=1)
         reps = np.cumsum([0, *proj.mult[r[0], slots][:-1]])
-        reach = np.ceil(cutoff * np.sqrt(np.diagonal(np.linalg.inv(G[r]), axis1=1, axis2=2))
-                        .max(0) + 1e-9).astype(int)
-        shifts = np.array(np.meshgrid(*[np.arange(-q, q + 1) for q in reach],
-                                      indexing="ij"), float).reshape(3, -1).T
-        n_atoms, n_shifts = frac.shape[1], len(shifts)
-        self_pair = np.zeros((len(reps), n_atoms, n_shifts), bool)
-        self_pair[np.arange(len(reps)), reps, n_shifts // 2] = True
-        step = max(1, budget // self_pair.size)
-        for s in range(0, len(r), step):
-            ri = r[s:s + step]
-            lat = np.linalg.cholesky(G[ri])                      # rows: lattice vectors
-            cart = frac[s:s + step] @ lat                        # (m, N, 3)
-            u = cart[:, None, :, :] - cart[:, reps, None, :]     # (m, K, N, 3)
-            sc = shifts @ lat                                    # (m, S, 3)
-            d2 = ((u * u).sum(-1)[..., None] + (sc * sc).sum(-1)[:, None, None, :]
-                  + 2 * (u.reshape(len(ri), -1, 3) @ np.swapaxes(sc, 1, 2)).reshape(
-                      len(ri), len(reps), n_atoms, n_shifts))
-            near = np.where(self_pair, np.inf, d2).reshape(len(ri), -1).min(1) < (cutoff + 1e-6) ** 2
-            for j in np.flatnonzero(near):
-                delta = u[j, :, :, None, :] + sc[j, None, None, :, :]
-                d = math.sqrt(float(np.where(self_pair, np.inf, (delta * delta).sum(-1)).min()))
-                if abs(d - cutoff) < 1e-9 or (
-                        d < cutoff and abs(d * 1000 - math.floor(d * 1000) - 0.5) < 1e-6):
-                    d = nearest_distance(frac[s + j], cellpar_to_cell(cell[ri[j]]), cutoff)
-                if d < cutoff:
-                    found.append((int(ri[j]), d))
+        # the cutoff in fractions of each lattice plane spacing
+        span = cutoff * np.sqrt(np.diagonal(np.linalg.inv(G[r]), axis1=1, axis2=2))
+        wide = span.max(1) <= 0.5
+        shortest = np.empty(len(r))
+        shortest[wide] = _shortest_minimum_image(frac[wide], reps, G[r[wide]])
+        if not wide.all():
+            shortest[~wide] = _shortest_over_shifts(frac[~wide], reps, G[r[~wide]],
+                                                    span[~wide].max(0), cutoff)
+        for i, f, d in zip(r, frac, shortest.tolist()):
+            if abs(d - cutoff) < 1e-9 or (
+                    d < cutoff and abs(d * 1000 - math.floor(d * 1000) - 0.5) < 1e-6):
+                d = nearest_distance(f, cellpar_to_cell(cell[i]), cutoff)
+            if d < cutoff:
+                found.append((int(i), d))
     return found
+
+
+def _shortest_minimum_image(frac: np.ndarray, reps: np.ndarray, G: np.ndarray,
+                            budget: int = 1 << 21) -> np.ndarray:
+    """Shortest distance from the atoms ``reps`` to any other, per row of ``frac``
+    (m, N, 3), where the cutoff is at most half of every plane spacing: then only
+    the nearest image of each atom can be closer than it."""
+    out = np.empty(len(frac))
+    step = max(1, budget // (len(reps) * frac.shape[1]))
+    for s in range(0, len(frac), step):
+        f = frac[s:s + step]
+        delta = f[:, None, :, :] - f[:, reps, None, :]                 # (m, K, N, 3)
+        delta -= np.round(delta)
+        cart = delta @ np.linalg.cholesky(G[s:s + step])[:, None]
+        d2 = (cart * cart).sum(-1)
+        d2[:, np.arange(len(reps)), reps] = np.inf                     # an atom and itself
+        out[s:s + step] = np.sqrt(d2.reshape(len(f), -1).min(1))
+    return out
+
+
+def _shortest_over_shifts(frac: np.ndarray, reps: np.ndarray, G: np.ndarray,
+                          span: np.ndarray, cutoff: float, budget: int = 1 << 20
+                          ) -> np.ndarray:
+    """As ``_shortest_minimum_image`` for cells thinner than twice the cutoff: over
+    every lattice shift within reach (``span``: the cutoff in plane spacings).
+    Exact below the cutoff (plus 1e-6 Å); rows with no pair that close get a
+    lower bound of their shortest distance that is at least the cutoff."""
+    reach = np.ceil(span + 1e-9).astype(int)
+    shifts = np.array(np.meshgrid(*[np.arange(-q, q + 1) for q in reach], indexing="ij"),
+                      float).reshape(3, -1).T
+    n_reps, n_atoms, n_shifts = len(reps), frac.shape[1], len(shifts)
+    self_pair = np.zeros((n_reps, n_atoms, n_shifts), bool)
+    self_pair[np.arange(n_reps), reps, n_shifts // 2] = True
+    out = np.full(len(frac), np.inf)
+    step = max(1, budget // self_pair.size)
+    for s in range(0, len(frac), step):
+        lat = np.linalg.cholesky(G[s:s + step])                        # rows: lattice vectors
+        cart = frac[s:s + step] @ lat                                  # (m, N, 3)
+        u = cart[:, None, :, :] - cart[:, reps, None, :]               # (m, K, N, 3)
+        sc = shifts @ lat                                              # (m, S, 3)
+        m = len(u)
+        # |u + s|^2 expanded (one matrix product) finds the rows with a close pair ...
+        d2 = ((u * u).sum(-1)[..., None] + (sc * sc).sum(-1)[:, None, None, :]
+              + 2 * (u.reshape(m, -1, 3) @ np.swapaxes(sc, 1, 2)).reshape(
+                  m, n_reps, n_atoms, n_shifts))
+        near = np.flatnonzero(np.where(self_pair, np.inf, d2).reshape(m, -1).min(1)
+                              < (cutoff + 1e-6) ** 2)
+        # ... whose distances are then computed directly, without the cancellation
+        delta = u[near, :, :, None, :] + sc[near, None, None, :, :]
+        out[s + near] = np.sqrt(np.where(self_pair, np.inf, (delta * delta).sum(-1))
+                                .reshape(len(near), self_pair.size).min(1, initial=np.inf))
+    return out
 
 
 def _write_decoded(cols: dict[str, np.ndarray], v: _FrameArrays, proj: _Projected,

@@ -146,7 +146,27 @@ def test_vectorised_decode_equals_row_wise(ingested):
     assert _decoded_alike(unnamed, default_element="C")["valid_xtal"].all()
     assert not _decoded_alike(unnamed)["valid_xtal"].any()
     _decoded_alike(garbage(3000, seed=3))
+    thin = _decoded_alike(small_cells(2000))
+    assert 0.1 < thin["valid_xtal"].mean() < 0.9
     assert len(_decoded_alike(table.iloc[:0])) == 0
+
+
+def small_cells(n: int, seed: int = 0) -> pd.DataFrame:
+    """P1 / P-1 / P2/m rows in cells of 1-4 Å with skewed angles: plane spacings
+    below twice the 0.6 Å cutoff, where an atom may be close to its own image."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"spg": rng.choice([1, 2, 10], n)})
+    for c in S.LENGTHS:
+        df[c] = rng.uniform(1, 4, n)
+    for c in S.ANGLES:
+        df[c] = rng.uniform(40, 140, n)
+    n_sites = rng.integers(1, 4, n)
+    for k in range(3):
+        df[f"wp{k}"] = np.where(k < n_sites, 0, -1)
+        df[f"el{k}"] = np.where(k < n_sites, "C", None)
+        for c in S.XYZ[k]:
+            df[c] = np.where(k < n_sites, rng.random(n), np.nan)
+    return df
 
 
 def test_projection_does_not_depend_on_the_batch():
