@@ -284,16 +284,15 @@ def decode_row(row: Mapping[str, Any], tol: float = 0.5, min_distance: float = 0
         if math.isnan(wp_f) or wp_f < 0:
             continue
         if wp_f != round(wp_f) or wp_f >= n_wp:
-            raise DecodeError(f"site {k}: Wyckoff index {row.get(wp_col)!r} is not one of "
-                              f"0..{n_wp - 1} of space group {spg}")
+            raise DecodeError(_site_reason(k, WYCKOFF_INDEX, row.get(wp_col), n_wp, spg))
         xyz = np.array([_num(row, x_col), _num(row, y_col), _num(row, z_col)])
         if not np.all(np.isfinite(xyz)):
-            raise DecodeError(f"site {k}: coordinates have NaN or infinite values")
+            raise DecodeError(_site_reason(k, COORDINATES))
         el = row.get(el_col)
         if el is None or (isinstance(el, float) and math.isnan(el)):
             el = default_element
         if el not in atomic_numbers:
-            raise DecodeError(f"site {k}: element {el!r} is not a chemical element")
+            raise DecodeError(_site_reason(k, ELEMENT, el))
         ops = wyckoff_ops(spg, int(wp_f))
         point, free, moved = project(ops, xyz, G)
         if moved > tol:
@@ -319,6 +318,18 @@ def _check_distances(dec: Decoded, min_distance: float) -> None:
 
 # The reasons of invalid rows that both decoders give (the row-wise one words the rest).
 NO_SITE = "no occupied Wyckoff site"
+# which of a site's checks before its projection fails (0: none)
+WYCKOFF_INDEX, COORDINATES, ELEMENT = 1, 2, 3
+
+
+def _site_reason(k: int, check: int, value: Any = None, n_wp: int = 0, spg: int = 0) -> str:
+    """Why site ``k`` failed ``check``; ``value``: its Wyckoff index or element."""
+    if check == WYCKOFF_INDEX:
+        return (f"site {k}: Wyckoff index {value!r} is not one of 0..{n_wp - 1} "
+                f"of space group {spg}")
+    if check == COORDINATES:
+        return f"site {k}: coordinates have NaN or infinite values"
+    return f"site {k}: element {value!r} is not a chemical element"
 
 
 def _off_position_reason(k: int, xyz: np.ndarray, moved: float, ops: WyckoffOps,
@@ -507,14 +518,13 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     pass through.  The structure columns are ``decode_frame_rowwise``'s to the last
     bit, computed with array operations: projections per (space group, Wyckoff
     index), distance checks per symmetry.
-    Rows that fail a cheap check before projection (a bad group, cell, Wyckoff
-    index, coordinate or element) take the row-wise path, which words the reason.
+    Rows whose group or cell is wrong take the row-wise path, which words the reason.
     """
     df = S.conform(df)
     n = len(df)
     v = _FrameArrays(df, default_element)
     error = np.full(n, None, dtype=object)
-    fast = v.cheap_checks_pass()
+    fast, fails, n_wp = v.checks()
     rows = np.flatnonzero(fast)
     cell = np.full((n, 6), np.nan)
     G = np.full((n, 3, 3), np.nan)
@@ -528,22 +538,30 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     fast[rows[~(det > 1e-6)]] = False                  # the row-wise path says why
     volume = np.full(n, np.nan)
     volume[rows] = np.sqrt(np.where(det > 1e-6, det, 1.0))
-    proj = _project_sites(v, fast, G)
-    # the row-wise order of checks: per site its projection, then the atom count
-    used = v.used & fast[:, None]
-    cum = np.cumsum(np.where(used, proj.mult, 0), axis=1)
+    # the row-wise order of checks, site by site: the checks before its projection,
+    # the projection, the atom count; sites after a failed check are not projected
     k = np.arange(S.MAX_SITES)
-    event = np.minimum(np.where(used & (proj.moved > tol), 2 * k, 99).min(1),
-                       np.where(used & (cum > max_atoms), 2 * k + 1, 99).min(1))
-    for i in np.flatnonzero(fast & (event < 99)):
-        site = event[i] // 2
-        if event[i] % 2:
-            error[i] = _too_many_reason(max_atoms)
-        else:
+    first_fail = np.where((fails > 0).any(1), np.argmax(fails > 0, axis=1), S.MAX_SITES)
+    reached = v.used & fast[:, None] & (k < first_fail[:, None])
+    proj = _project_sites(v, reached, G)
+    cum = np.cumsum(np.where(reached, proj.mult, 0), axis=1)
+    never = 3 * S.MAX_SITES
+    event = np.minimum.reduce([np.where(reached & (proj.moved > tol), 3 * k + 1, never).min(1),
+                               np.where(reached & (cum > max_atoms), 3 * k + 2, never).min(1),
+                               3 * first_fail])
+    for i in np.flatnonzero(fast & (event < never)):
+        site, kind = divmod(int(event[i]), 3)
+        if kind == 0:
+            check = int(fails[i, site])
+            value = int(v.wp[i, site]) if check == WYCKOFF_INDEX else v.el[i, site]
+            error[i] = _site_reason(site, check, value, int(n_wp[i]), int(v.spg[i]))
+        elif kind == 1:
             ops = wyckoff_ops(int(v.spg[i]), int(v.wp[i, site]))
             error[i] = _off_position_reason(site, v.xyz[i, site], proj.moved[i, site], ops, tol)
+        else:
+            error[i] = _too_many_reason(max_atoms)
     natoms = cum[:, -1]
-    todo = fast & (event == 99)
+    todo = fast & (event == never)
     error[todo & (natoms == 0)] = NO_SITE
     todo &= natoms > 0
     dense = todo & (volume / np.maximum(natoms, 1) < 1.0)
@@ -584,8 +602,10 @@ class _FrameArrays:
         self.el = np.where(pd.isna(el), default_element, el)
         self.used = self.wp >= 0
 
-    def cheap_checks_pass(self) -> np.ndarray:
-        """Rows that pass every check ``decode_row`` makes before projecting."""
+    def checks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The checks ``decode_row`` makes before projecting: the rows whose group
+        and cell pass, each used site's first failed check (``WYCKOFF_INDEX``, ...,
+        0 for none) and the number of Wyckoff positions of each row's group."""
         spg_ok = (self.spg >= 1) & (self.spg <= 230)
         n_wp = np.zeros(len(self.spg), np.int64)
         for spg in np.unique(self.spg[spg_ok]):
@@ -596,8 +616,9 @@ class _FrameArrays:
                        & (lengths <= 200.0).all(1) & (angles > 10.0).all(1)
                        & (angles < 170.0).all(1))
         el_ok = pd.DataFrame(self.el).isin(list(atomic_numbers)).to_numpy()
-        site_ok = (self.wp < n_wp[:, None]) & np.isfinite(self.xyz).all(2) & el_ok
-        return spg_ok & cell_ok & (site_ok | ~self.used).all(1)
+        fails = np.select([self.wp >= n_wp[:, None], ~np.isfinite(self.xyz).all(2), ~el_ok],
+                          [WYCKOFF_INDEX, COORDINATES, ELEMENT], 0)
+        return spg_ok & cell_ok, np.where(self.used, fails, 0), n_wp
 
 
 @dataclass
@@ -611,14 +632,14 @@ class _Projected:
     dof: np.ndarray
 
 
-def _project_sites(v: _FrameArrays, rows: np.ndarray, G: np.ndarray,
+def _project_sites(v: _FrameArrays, sites: np.ndarray, G: np.ndarray,
                    chunk: int = 4096) -> _Projected:
-    """Project the used sites of ``rows`` (a mask), one batch per (group, Wyckoff index)."""
+    """Project ``sites`` (a (rows, MAX_SITES) mask), one batch per (group, Wyckoff index)."""
     n = len(v.spg)
     out = _Projected(np.full((n, S.MAX_SITES, 3), np.nan), np.full((n, S.MAX_SITES, 3), np.nan),
                      np.full((n, S.MAX_SITES), np.inf), np.zeros((n, S.MAX_SITES), np.int64),
                      np.zeros((n, S.MAX_SITES), np.int64))
-    r, k = np.nonzero(v.used & rows[:, None])
+    r, k = np.nonzero(sites)
     keys = v.spg[r] * 10_000 + v.wp[r, k]
     order = np.argsort(keys, kind="stable")
     r, k, keys = r[order], k[order], keys[order]
