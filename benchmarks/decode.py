@@ -110,7 +110,7 @@ def main() -> None:
                          "pyxtal_valid_but_lost_a_site": round(p_lost, 4)}
     OUT.mkdir(exist_ok=True)
     (OUT / "decode.json").write_text(json.dumps(results, indent=1))
-    lines = [f"Command: `{COMMAND}{' --quick' if quick else ''}` (one core, `OMP_NUM_THREADS=1`)",
+    lines = [f"Command: `{COMMAND}{' --quick' if quick else ''}` (one core)",
              "",
              "| rows | n | legodask rows/s/core | legodask row-wise rows/s/core | pyxtal rows/s/core "
              "| ours / pyxtal | valid (ours / pyxtal) | pyxtal 'valid' with a lost site |",

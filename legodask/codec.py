@@ -154,9 +154,12 @@ def orbit_many(ops: WyckoffOps, free: np.ndarray) -> np.ndarray:
 
 
 def _wrap(v: np.ndarray) -> np.ndarray:
+    """Fractional coordinates into [0, 1); those within 1e-5 (``np.isclose``'s
+    default relative tolerance) of 1 or 1e-12 of 0 become 0 -- written out, as
+    ``np.isclose(w, 1.0, atol=1e-10)`` and ``np.isclose(w, 0.0, atol=1e-12)``."""
     w = v - np.floor(v)
-    w[np.isclose(w, 1.0, atol=1e-10)] = 0.0
-    w[np.isclose(w, 0.0, atol=1e-12)] = 0.0
+    w[np.abs(w - 1.0) <= 1e-10 + 1e-5] = 0.0
+    w[np.abs(w) <= 1e-12] = 0.0
     return w
 
 
