@@ -58,20 +58,24 @@ class WyckoffOps:
 
 
 @functools.lru_cache(maxsize=None)
-def group_info(spg: int) -> tuple[str, int]:
-    """``(lattice_type, number of Wyckoff positions)`` of a space group."""
+def _group(spg: int) -> Any:
+    """pyxtal's ``Group`` (slow to build: once per process and group)."""
     from pyxtal.symmetry import Group
 
-    g = Group(spg)
+    return Group(spg)
+
+
+@functools.lru_cache(maxsize=None)
+def group_info(spg: int) -> tuple[str, int]:
+    """``(lattice_type, number of Wyckoff positions)`` of a space group."""
+    g = _group(spg)
     return g.lattice_type, len(g)
 
 
 @functools.lru_cache(maxsize=None)
 def wyckoff_ops(spg: int, index: int) -> WyckoffOps:
     """The orbit of Wyckoff position ``index`` of group ``spg`` as affine maps."""
-    from pyxtal.symmetry import Group
-
-    wp = Group(spg)[index]
+    wp = _group(spg)[index]
     aff = np.array([op.affine_matrix for op in wp.ops])
     A, t = aff[:, :3, :3], aff[:, :3, 3]
     dof = int(np.linalg.matrix_rank(A[0])) if wp.get_dof() else 0
