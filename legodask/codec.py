@@ -110,35 +110,58 @@ def project_many(ops: WyckoffOps, xyz: np.ndarray, metric: np.ndarray
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``project`` of ``m`` points at once: ``xyz`` (m, 3), ``metric`` (m, 3, 3).
 
-    Returns ``(point, free, moved)`` of shapes (m, 3), (m, 3), (m,).
+    Returns ``(point, free, moved)`` of shapes (m, 3), (m, 3), (m,).  The (m, J, 27)
+    candidates (orbit member, lattice shift) are held one Cartesian component per
+    array, so that every operation runs over contiguous memory.
     """
     p = xyz - np.floor(xyz)
     if ops.dof == 3:  # a general position: every point is on it, as itself
         return _wrap(p), _dot(ops.pinv[0], (p - ops.t[0])[:, None, :]), np.zeros(len(p))
-    # displacement from each subspace's anchor, over lattice shifts: (m, J, 27, 3)
-    d = p[:, None, None, :] - ops.t[None, :, None, :] - _SHIFTS[None, None, :, :]
+    # displacement from each subspace's anchor, over lattice shifts: 3 x (m, J, 27)
+    d = [p[:, a, None, None] - ops.t[None, :, a, None] - _SHIFTS[None, None, :, a]
+         for a in range(3)]
     if ops.dof:
         B = ops.basis                                                  # (J, 3, d)
-        Bt = np.swapaxes(B, 1, 2)                                      # (J, d, 3)
-        GBt = np.swapaxes(_dot(metric[:, None, :, None, :], Bt[None, :, None]), 2, 3)
-        BtGB = _dot(Bt[None, :, :, None, :], GBt[:, :, None])          # (m, J, d, d)
-        rhs = _dot(GBt[:, :, None], d[:, :, :, None, :])               # (m, J, 27, d)
-        coef = _dot(np.linalg.inv(BtGB)[:, :, None], rhs[:, :, :, None, :])
-        along = _dot(B[None, :, None], coef[:, :, :, None, :])         # (m, J, 27, 3)
+        # G B: (m, J, 3, d), then B^T G B: (m, J, d, d)
+        GB = _dot(metric[:, None, :, None, :], np.swapaxes(B, 1, 2)[None, :, None])
+        BtGB = _dot(np.swapaxes(B, 1, 2)[None, :, :, None, :], np.swapaxes(GB, 2, 3)[:, :, None])
+        inv = np.linalg.inv(BtGB)
+        rhs = [_sum3(GB[:, :, 0, e, None], GB[:, :, 1, e, None], GB[:, :, 2, e, None], d)
+               for e in range(ops.dof)]                               # d x (m, J, 27)
+        coef = [_sum(inv[:, :, c, e, None] * rhs[e] for e in range(ops.dof))
+                for c in range(ops.dof)]
+        along = [_sum(B[None, :, a, c, None] * coef[c] for c in range(ops.dof))
+                 for a in range(3)]                                    # 3 x (m, J, 27)
+        resid = [d[a] - along[a] for a in range(3)]
     else:
-        along = np.zeros_like(d)
-    resid = d - along
-    dist2 = _dot(resid, _dot(metric[:, None, None], resid[:, :, :, None, :]))
+        along, resid = [np.zeros_like(d[0])] * 3, d
+    G = metric[:, None, None]                                          # (m, 1, 1, 3, 3)
+    dist2 = _sum(resid[a] * _sum3(G[..., a, 0], G[..., a, 1], G[..., a, 2], resid)
+                 for a in range(3))
     # Ties (a general position lies on every member's subspace) go to the first
     # orbit member and the zero shift, so that a generator maps to itself.
     flat = dist2.reshape(len(p), -1)
     first = np.argmax(flat <= flat.min(axis=1, keepdims=True) + 1e-12, axis=1)
     j, s = np.divmod(first, len(_SHIFTS))
     rows = np.arange(len(p))
-    chosen = along[rows, j, s]
+    chosen = np.stack([along[a][rows, j, s] for a in range(3)], axis=1)
     free = _dot(ops.pinv[j], chosen[:, None, :])
     point = chosen + ops.t[j] + _SHIFTS[s]
     return _wrap(point), free, np.sqrt(np.maximum(flat[rows, first], 0.0))
+
+
+def _sum(terms: Any) -> np.ndarray:
+    """The sum of arrays, left to right."""
+    it = iter(terms)
+    out = next(it)
+    for t in it:
+        out = out + t
+    return out
+
+
+def _sum3(x: np.ndarray, y: np.ndarray, z: np.ndarray, v: list[np.ndarray]) -> np.ndarray:
+    """``x * v[0] + y * v[1] + z * v[2]``, left to right."""
+    return x * v[0] + y * v[1] + z * v[2]
 
 
 def project(ops: WyckoffOps, xyz: np.ndarray, metric: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
