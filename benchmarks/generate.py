@@ -258,8 +258,9 @@ def write_markdown() -> None:
                   f"crystals with orbit representatives), {res['epochs']} epochs, batch 500, "
                   f"{res['n']} samples per model decoded, sampling speed of the model alone "
                   f"timed on {N_SPEED:,} rows, decoding timed with the Wyckoff tables built; "
-                  "CPU (2 cores shared with other jobs, OMP_NUM_THREADS=1). Ours: `cont` mode; GAN lr 2e-4, VAE lr 1e-3 (TVAE's); "
-                  "ctgan: the same network sizes, its own defaults otherwise.", "",
+                  "CPU (2 cores shared with other jobs, OMP_NUM_THREADS=1). Ours: `cont` mode; "
+                  "GAN lr 2e-4, VAE lr 1e-3 (TVAE's); ctgan: the same network sizes, its own "
+                  "defaults otherwise.", "",
                   "| model | s / epoch | rows/s (model) | rows/s (incl. decode) | valid % | "
                   "valid % by pyxtal's criterion | training crystals regenerated "
                   "| symmetries (new) |",
@@ -278,7 +279,7 @@ def write_markdown() -> None:
                   "Reading: with ~1,100 rows and a few hundred optimiser steps no model is "
                   "near the paper's validity; ours and ctgan's are alike at equal epochs. "
                   "Decoding is vectorised (`codec.decode_frame`; the decode benchmark: about "
-                  "10^4 rows/s/core, about 13x the row-wise decoder that bound this stage "
+                  "1.5-2 x 10^4 rows/s/core, 15-17x the row-wise decoder that bound this stage "
                   "before), "
                   "so sampling including decoding now runs at a good fraction of the models' "
                   "own speed; ctgan's rows are decoded by the same decoder. The models alone "

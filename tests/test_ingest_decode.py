@@ -184,6 +184,32 @@ def test_projection_does_not_depend_on_the_batch():
             assert m1 == moved[i]
 
 
+def test_projection_is_the_nearest_point_of_the_position():
+    """The projected point is a point of the orbit's subspaces, ``moved`` Å from the
+    input under the cell's metric, and no random point of those subspaces is nearer."""
+    rng = np.random.default_rng(1)
+    shifts = np.array(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")).reshape(3, -1).T
+    for spg, index in [(227, 3), (194, 2), (166, 4), (12, 2), (139, 6)]:
+        ops = codec.wyckoff_ops(spg, index)
+        lattice = codec.group_info(spg)[0]
+        cell = codec.symmetrize_cell(np.array([5.0, 5.5, 7.0, 90.0, 100.0, 90.0]), lattice)
+        G = codec.metric_tensor(cell)
+        xyz = rng.uniform(0, 1, (20, 3))
+        point, free, moved = codec.project_many(ops, xyz, np.broadcast_to(G, (20, 3, 3)))
+
+        def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            """Shortest periodic distance (Å) from each a to each b: (len(a), len(b))."""
+            d = b[None, :, None, :] - a[:, None, None, :] + shifts[None, None]
+            return np.sqrt(np.einsum("...i,ij,...j->...", d, G, d)).min(-1)
+
+        members = np.einsum("jab,mb->mja", ops.A, free) + ops.t          # (20, J, 3)
+        assert all(dist(point[i:i + 1], members[i]).min() < 1e-9 for i in range(20))
+        assert np.allclose(np.diagonal(dist(xyz, point)), moved, atol=1e-9)
+        f = rng.uniform(-1, 1, (300, 3))
+        cloud = (np.einsum("jab,nb->nja", ops.A, f) + ops.t).reshape(-1, 3)
+        assert np.all(moved <= dist(xyz, cloud).min(1) + 1e-9)
+
+
 def test_decode_10000_garbage_rows_loses_none(tmp_path):
     src = tmp_path / "garbage.parquet"
     garbage(10_000).to_parquet(src)
