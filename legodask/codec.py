@@ -58,20 +58,24 @@ class WyckoffOps:
 
 
 @functools.lru_cache(maxsize=None)
-def group_info(spg: int) -> tuple[str, int]:
-    """``(lattice_type, number of Wyckoff positions)`` of a space group."""
+def _group(spg: int) -> Any:
+    """pyxtal's ``Group`` (slow to build: once per process and group)."""
     from pyxtal.symmetry import Group
 
-    g = Group(spg)
+    return Group(spg)
+
+
+@functools.lru_cache(maxsize=None)
+def group_info(spg: int) -> tuple[str, int]:
+    """``(lattice_type, number of Wyckoff positions)`` of a space group."""
+    g = _group(spg)
     return g.lattice_type, len(g)
 
 
 @functools.lru_cache(maxsize=None)
 def wyckoff_ops(spg: int, index: int) -> WyckoffOps:
     """The orbit of Wyckoff position ``index`` of group ``spg`` as affine maps."""
-    from pyxtal.symmetry import Group
-
-    wp = Group(spg)[index]
+    wp = _group(spg)[index]
     aff = np.array([op.affine_matrix for op in wp.ops])
     A, t = aff[:, :3, :3], aff[:, :3, 3]
     dof = int(np.linalg.matrix_rank(A[0])) if wp.get_dof() else 0
@@ -90,6 +94,76 @@ _SHIFTS = np.array(sorted(([i, j, k] for i in (-1, 0, 1) for j in (-1, 0, 1) for
                           key=lambda v: sum(map(abs, v))), float)
 
 
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Sum over the last axis of ``a * b`` (broadcast), term by term in a fixed order.
+
+    No BLAS and no einsum: a row's result is the same to the last bit whatever
+    batch it is computed in, so the vectorised decoder equals the row-wise one.
+    """
+    out = a[..., 0] * b[..., 0]
+    for i in range(1, a.shape[-1]):
+        out += a[..., i] * b[..., i]
+    return out
+
+
+def project_many(ops: WyckoffOps, xyz: np.ndarray, metric: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``project`` of ``m`` points at once: ``xyz`` (m, 3), ``metric`` (m, 3, 3).
+
+    Returns ``(point, free, moved)`` of shapes (m, 3), (m, 3), (m,).  The (m, J, 27)
+    candidates (orbit member, lattice shift) are held one Cartesian component per
+    array, so that every operation runs over contiguous memory.
+    """
+    p = xyz - np.floor(xyz)
+    if ops.dof == 3:  # a general position: every point is on it, as itself
+        return _wrap(p), _dot(ops.pinv[0], (p - ops.t[0])[:, None, :]), np.zeros(len(p))
+    # displacement from each subspace's anchor, over lattice shifts: 3 x (m, J, 27)
+    d = [p[:, a, None, None] - ops.t[None, :, a, None] - _SHIFTS[None, None, :, a]
+         for a in range(3)]
+    if ops.dof:
+        B = ops.basis                                                  # (J, 3, d)
+        # G B: (m, J, 3, d), then B^T G B: (m, J, d, d)
+        GB = _dot(metric[:, None, :, None, :], np.swapaxes(B, 1, 2)[None, :, None])
+        BtGB = _dot(np.swapaxes(B, 1, 2)[None, :, :, None, :], np.swapaxes(GB, 2, 3)[:, :, None])
+        inv = np.linalg.inv(BtGB)
+        rhs = [_sum3(GB[:, :, 0, e, None], GB[:, :, 1, e, None], GB[:, :, 2, e, None], d)
+               for e in range(ops.dof)]                               # d x (m, J, 27)
+        coef = [_sum(inv[:, :, c, e, None] * rhs[e] for e in range(ops.dof))
+                for c in range(ops.dof)]
+        along = [_sum(B[None, :, a, c, None] * coef[c] for c in range(ops.dof))
+                 for a in range(3)]                                    # 3 x (m, J, 27)
+        resid = [d[a] - along[a] for a in range(3)]
+    else:
+        along, resid = [np.zeros_like(d[0])] * 3, d
+    G = metric[:, None, None]                                          # (m, 1, 1, 3, 3)
+    dist2 = _sum(resid[a] * _sum3(G[..., a, 0], G[..., a, 1], G[..., a, 2], resid)
+                 for a in range(3))
+    # Ties (a general position lies on every member's subspace) go to the first
+    # orbit member and the zero shift, so that a generator maps to itself.
+    flat = dist2.reshape(len(p), -1)
+    first = np.argmax(flat <= flat.min(axis=1, keepdims=True) + 1e-12, axis=1)
+    j, s = np.divmod(first, len(_SHIFTS))
+    rows = np.arange(len(p))
+    chosen = np.stack([along[a][rows, j, s] for a in range(3)], axis=1)
+    free = _dot(ops.pinv[j], chosen[:, None, :])
+    point = chosen + ops.t[j] + _SHIFTS[s]
+    return _wrap(point), free, np.sqrt(np.maximum(flat[rows, first], 0.0))
+
+
+def _sum(terms: Any) -> np.ndarray:
+    """The sum of arrays, left to right."""
+    it = iter(terms)
+    out = next(it)
+    for t in it:
+        out = out + t
+    return out
+
+
+def _sum3(x: np.ndarray, y: np.ndarray, z: np.ndarray, v: list[np.ndarray]) -> np.ndarray:
+    """``x * v[0] + y * v[1] + z * v[2]``, left to right."""
+    return x * v[0] + y * v[1] + z * v[2]
+
+
 def project(ops: WyckoffOps, xyz: np.ndarray, metric: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """Nearest point of the orbit's subspaces to fractional ``xyz``.
 
@@ -97,63 +171,54 @@ def project(ops: WyckoffOps, xyz: np.ndarray, metric: np.ndarray) -> tuple[np.nd
     member that ``xyz`` was nearest to, wrapped into [0, 1)), the free parameters
     ``x`` of the orbit (orbit point ``j`` is ``A[j] x + t[j]``) and the distance moved.
     """
-    p = xyz - np.floor(xyz)
-    if ops.dof == 3:  # a general position: every point is on it, as itself
-        return _wrap(p), ops.pinv[0] @ (p - ops.t[0]), 0.0
-    # displacement from each subspace's anchor, over lattice shifts: (J, 27, 3)
-    d = p[None, None, :] - ops.t[:, None, :] - _SHIFTS[None, :, :]
-    if ops.dof:
-        B = ops.basis                                     # (J, 3, d)
-        GB = np.einsum("ab,jbd->jad", metric, B)          # (J, 3, d)
-        BtGB = np.einsum("jad,jae->jde", B, GB)           # (J, d, d)
-        rhs = np.einsum("jad,jsa->jsd", GB, d)            # (J, 27, d)
-        coef = np.einsum("jde,jse->jsd", np.linalg.inv(BtGB), rhs)
-        along = np.einsum("jad,jsd->jsa", B, coef)        # (J, 27, 3)
-    else:
-        along = np.zeros_like(d)
-    resid = d - along
-    dist2 = np.einsum("jsa,ab,jsb->js", resid, metric, resid)
-    # Ties (a general position lies on every member's subspace) go to the first
-    # orbit member and the zero shift, so that a generator maps to itself.
-    tied = dist2 <= dist2.min() + 1e-12
-    j, s = np.unravel_index(int(np.argmax(tied)), dist2.shape)
-    free = ops.pinv[j] @ along[j, s]
-    point = along[j, s] + ops.t[j] + _SHIFTS[s]
-    return _wrap(point), free, math.sqrt(max(float(dist2[j, s]), 0.0))
+    point, free, moved = project_many(ops, xyz[None], metric[None])
+    return point[0], free[0], float(moved[0])
+
+
+def orbit_many(ops: WyckoffOps, free: np.ndarray) -> np.ndarray:
+    """Fractional coordinates of the orbits of ``m`` sites, (m, multiplicity, 3)."""
+    return _wrap(_dot(ops.A[None], free[:, None, None, :]) + ops.t)
 
 
 def _wrap(v: np.ndarray) -> np.ndarray:
+    """Fractional coordinates into [0, 1); those within 1e-5 (``np.isclose``'s
+    default relative tolerance) of 1 or 1e-12 of 0 become 0 -- written out, as
+    ``np.isclose(w, 1.0, atol=1e-10)`` and ``np.isclose(w, 0.0, atol=1e-12)``."""
     w = v - np.floor(v)
-    w[np.isclose(w, 1.0, atol=1e-10)] = 0.0
-    w[np.isclose(w, 0.0, atol=1e-12)] = 0.0
+    w[np.abs(w - 1.0) <= 1e-10 + 1e-5] = 0.0
+    w[np.abs(w) <= 1e-12] = 0.0
     return w
 
 
 def symmetrize_cell(cell: np.ndarray, lattice_type: str) -> np.ndarray:
-    """Impose the lattice type's constraints on ``(a, b, c, alpha, beta, gamma)``."""
-    a, b, c, al, be, ga = cell
+    """Impose the lattice type's constraints on ``(a, b, c, alpha, beta, gamma)``
+    (one cell, or cells along the first axes: shape (..., 6))."""
+    cell = np.asarray(cell, float)
+    out = cell.copy()
+    a, b, c = cell[..., 0], cell[..., 1], cell[..., 2]
     if lattice_type == "cubic":
-        a = b = c = (a + b + c) / 3
-        al = be = ga = 90.0
-    elif lattice_type == "tetragonal":
-        a = b = (a + b) / 2
-        al = be = ga = 90.0
+        out[..., :3] = ((a + b + c) / 3)[..., None]
+    elif lattice_type in ("tetragonal", "hexagonal", "trigonal"):
+        out[..., :2] = ((a + b) / 2)[..., None]
+    if lattice_type in ("cubic", "tetragonal", "orthorhombic"):
+        out[..., 3:] = 90.0
     elif lattice_type in ("hexagonal", "trigonal"):
-        a = b = (a + b) / 2
-        al, be, ga = 90.0, 90.0, 120.0
-    elif lattice_type == "orthorhombic":
-        al = be = ga = 90.0
+        out[..., 3:] = (90.0, 90.0, 120.0)
     elif lattice_type == "monoclinic":
-        al = ga = 90.0
-    return np.array([a, b, c, al, be, ga], float)
+        out[..., 3] = out[..., 5] = 90.0
+    return out
 
 
 def metric_tensor(cell: np.ndarray) -> np.ndarray:
-    a, b, c = cell[:3]
-    ca, cb, cg = np.cos(np.radians(cell[3:]))
-    return np.array([[a * a, a * b * cg, a * c * cb],
-                     [a * b * cg, b * b, b * c * ca],
-                     [a * c * cb, b * c * ca, c * c]])
+    """Metric tensor of a cell (3, 3), or of cells (..., 6) -> (..., 3, 3)."""
+    cell = np.asarray(cell, float)
+    a, b, c = cell[..., 0], cell[..., 1], cell[..., 2]
+    cos = np.cos(np.radians(cell[..., 3:]))
+    ca, cb, cg = cos[..., 0], cos[..., 1], cos[..., 2]
+    rows = [[a * a, a * b * cg, a * c * cb],
+            [a * b * cg, b * b, b * c * ca],
+            [a * c * cb, b * c * ca, c * c]]
+    return np.stack([np.stack(r, axis=-1) for r in rows], axis=-2)
 
 
 @dataclass
@@ -173,7 +238,7 @@ class Site:
 
     def orbit(self) -> np.ndarray:
         """Fractional coordinates of every atom of the orbit, (multiplicity, 3)."""
-        return _wrap(np.einsum("jab,b->ja", self.wp.A, self.free) + self.wp.t)
+        return orbit_many(self.wp, self.free[None])[0]
 
 
 @dataclass
@@ -249,29 +314,26 @@ def decode_row(row: Mapping[str, Any], tol: float = 0.5, min_distance: float = 0
         if math.isnan(wp_f) or wp_f < 0:
             continue
         if wp_f != round(wp_f) or wp_f >= n_wp:
-            raise DecodeError(f"site {k}: Wyckoff index {row.get(wp_col)!r} is not one of "
-                              f"0..{n_wp - 1} of space group {spg}")
+            raise DecodeError(_site_reason(k, WYCKOFF_INDEX, row.get(wp_col), n_wp, spg))
         xyz = np.array([_num(row, x_col), _num(row, y_col), _num(row, z_col)])
         if not np.all(np.isfinite(xyz)):
-            raise DecodeError(f"site {k}: coordinates have NaN or infinite values")
+            raise DecodeError(_site_reason(k, COORDINATES))
         el = row.get(el_col)
         if el is None or (isinstance(el, float) and math.isnan(el)):
             el = default_element
         if el not in atomic_numbers:
-            raise DecodeError(f"site {k}: element {el!r} is not a chemical element")
+            raise DecodeError(_site_reason(k, ELEMENT, el))
         ops = wyckoff_ops(spg, int(wp_f))
         point, free, moved = project(ops, xyz, G)
         if moved > tol:
-            raise DecodeError(f"site {k}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}) is "
-                              f"{moved:.3f} Å from Wyckoff position {ops.multiplicity}"
-                              f"{ops.letter} (tolerance {tol} Å)")
+            raise DecodeError(_off_position_reason(k, xyz, moved, ops, tol))
         out.sites.append(Site(ops, str(el), point, free, moved))
         if out.natoms > max_atoms:
-            raise DecodeError(f"more than {max_atoms} atoms in the cell")
+            raise DecodeError(_too_many_reason(max_atoms))
     if not out.sites:
-        raise DecodeError("no occupied Wyckoff site")
+        raise DecodeError(NO_SITE)
     if volume / out.natoms < 1.0:
-        raise DecodeError(f"{volume / out.natoms:.3f} Å^3 per atom: {OVERLAP}")
+        raise DecodeError(_dense_reason(volume / out.natoms))
     if check_distances:
         _check_distances(out, min_distance)
     return out
@@ -281,7 +343,41 @@ def _check_distances(dec: Decoded, min_distance: float) -> None:
     frac, _ = dec.positions()
     d = nearest_distance(frac, cellpar_to_cell(dec.cell), min_distance)
     if d < min_distance:
-        raise DecodeError(f"two atoms are {d:.3f} Å apart (< {min_distance} Å): {OVERLAP}")
+        raise DecodeError(_overlap_reason(d, min_distance))
+
+
+# The reasons of invalid rows that both decoders give (the row-wise one words the rest).
+NO_SITE = "no occupied Wyckoff site"
+# which of a site's checks before its projection fails (0: none)
+WYCKOFF_INDEX, COORDINATES, ELEMENT = 1, 2, 3
+
+
+def _site_reason(k: int, check: int, value: Any = None, n_wp: int = 0, spg: int = 0) -> str:
+    """Why site ``k`` failed ``check``; ``value``: its Wyckoff index or element."""
+    if check == WYCKOFF_INDEX:
+        return (f"site {k}: Wyckoff index {value!r} is not one of 0..{n_wp - 1} "
+                f"of space group {spg}")
+    if check == COORDINATES:
+        return f"site {k}: coordinates have NaN or infinite values"
+    return f"site {k}: element {value!r} is not a chemical element"
+
+
+def _off_position_reason(k: int, xyz: np.ndarray, moved: float, ops: WyckoffOps,
+                         tol: float) -> str:
+    return (f"site {k}: ({xyz[0]:.4f}, {xyz[1]:.4f}, {xyz[2]:.4f}) is {moved:.3f} Å from "
+            f"Wyckoff position {ops.multiplicity}{ops.letter} (tolerance {tol} Å)")
+
+
+def _too_many_reason(max_atoms: int) -> str:
+    return f"more than {max_atoms} atoms in the cell"
+
+
+def _dense_reason(volume_per_atom: float) -> str:
+    return f"{volume_per_atom:.3f} Å^3 per atom: {OVERLAP}"
+
+
+def _overlap_reason(d: float, min_distance: float) -> str:
+    return f"two atoms are {d:.3f} Å apart (< {min_distance} Å): {OVERLAP}"
 
 
 def nearest_distance(frac: np.ndarray, cell: np.ndarray, cutoff: float) -> float:
@@ -417,14 +513,11 @@ def wyckoff_labels(row: Mapping[str, Any]) -> list[str]:
 # the decode kernel over a partition
 # ---------------------------------------------------------------------------
 
-def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
-                 max_atoms: int = 2000, default_element: str | None = None) -> pd.DataFrame:
-    """Decode every row of a partition: project sites onto their Wyckoff positions,
-    symmetrise the cell, and fill ``natoms, n_sites, dof, valid_xtal, error``.
-
-    Valid rows are rewritten in their exact symmetric form; invalid rows are kept
-    as they came, with the reason in ``error``.  No row is dropped.
-    """
+def decode_frame_rowwise(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
+                         max_atoms: int = 2000, default_element: str | None = None
+                         ) -> pd.DataFrame:
+    """``decode_frame`` row by row with ``decode_row``: the reference the vectorised
+    decoder is tested against, and its path for rows that fail a cheap check."""
     df = S.conform(df)
     records = df.to_dict("records")
     out = []
@@ -443,6 +536,268 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
             rec.update(_decoded_columns(dec))
         out.append(rec)
     return S.conform(pd.DataFrame.from_records(out, columns=list(df.columns), index=df.index))
+
+
+def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
+                 max_atoms: int = 2000, default_element: str | None = None) -> pd.DataFrame:
+    """Decode every row of a partition: project sites onto their Wyckoff positions,
+    symmetrise the cell, and fill ``natoms, n_sites, dof, valid_xtal, error``.
+
+    Valid rows are rewritten in their exact symmetric form; invalid rows are kept
+    as they came, with the reason in ``error``.  No row is dropped; other columns
+    pass through.  The structure columns are ``decode_frame_rowwise``'s to the last
+    bit, computed with array operations: projections per (space group, Wyckoff
+    index), distance checks per symmetry.
+    Rows whose group or cell is wrong take the row-wise path, which words the reason.
+    """
+    df = S.conform(df)
+    n = len(df)
+    v = _FrameArrays(df, default_element)
+    error = np.full(n, None, dtype=object)
+    fast, fails, n_wp = v.checks()
+    rows = np.flatnonzero(fast)
+    cell = np.full((n, 6), np.nan)
+    G = np.full((n, 3, 3), np.nan)
+    lattice = np.full(n, "", dtype=object)
+    for spg in np.unique(v.spg[rows]):
+        r = rows[v.spg[rows] == spg]
+        lattice[r] = group_info(int(spg))[0]
+        cell[r] = symmetrize_cell(v.cell[r], lattice[r[0]])
+    G[rows] = metric_tensor(cell[rows])
+    det = np.linalg.det(G[rows])
+    fast[rows[~(det > 1e-6)]] = False                  # the row-wise path says why
+    volume = np.full(n, np.nan)
+    volume[rows] = np.sqrt(np.where(det > 1e-6, det, 1.0))
+    # the row-wise order of checks, site by site: the checks before its projection,
+    # the projection, the atom count; sites after a failed check are not projected
+    k = np.arange(S.MAX_SITES)
+    first_fail = np.where((fails > 0).any(1), np.argmax(fails > 0, axis=1), S.MAX_SITES)
+    reached = v.used & fast[:, None] & (k < first_fail[:, None])
+    proj = _project_sites(v, reached, G)
+    cum = np.cumsum(np.where(reached, proj.mult, 0), axis=1)
+    never = 3 * S.MAX_SITES
+    event = np.minimum.reduce([np.where(reached & (proj.moved > tol), 3 * k + 1, never).min(1),
+                               np.where(reached & (cum > max_atoms), 3 * k + 2, never).min(1),
+                               3 * first_fail])
+    for i in np.flatnonzero(fast & (event < never)):
+        site, kind = divmod(int(event[i]), 3)
+        if kind == 0:
+            check = int(fails[i, site])
+            value = int(v.wp[i, site]) if check == WYCKOFF_INDEX else v.el[i, site]
+            error[i] = _site_reason(site, check, value, int(n_wp[i]), int(v.spg[i]))
+        elif kind == 1:
+            ops = wyckoff_ops(int(v.spg[i]), int(v.wp[i, site]))
+            error[i] = _off_position_reason(site, v.xyz[i, site], proj.moved[i, site], ops, tol)
+        else:
+            error[i] = _too_many_reason(max_atoms)
+    natoms = cum[:, -1]
+    todo = fast & (event == never)
+    error[todo & (natoms == 0)] = NO_SITE
+    todo &= natoms > 0
+    dense = todo & (volume / np.maximum(natoms, 1) < 1.0)
+    for i in np.flatnonzero(dense):
+        error[i] = _dense_reason(volume[i] / natoms[i])
+    todo &= ~dense
+    for i, d in _overlaps(v, proj, todo, cell, G, min_distance):
+        error[i] = _overlap_reason(d, min_distance)
+    valid = todo & pd.isna(error)
+    cols = {c: df[c].to_numpy(copy=True) for c in _REWRITTEN}
+    _write_decoded(cols, v, proj, np.flatnonzero(valid), cell, lattice)
+    bad = fast & ~valid
+    cols["valid_xtal"][bad] = False
+    cols["error"][bad] = error[bad]
+    cols["n_sites"][bad] = v.used[bad].sum(1)
+    cols["natoms"][bad] = cols["dof"][bad] = 0
+    if not fast.all():
+        ref = decode_frame_rowwise(df[~fast], tol, min_distance, max_atoms, default_element)
+        for c in _REWRITTEN:
+            cols[c][~fast] = ref[c].to_numpy()
+    return S.conform(df.assign(**cols))
+
+
+# the columns that decoding rewrites
+_REWRITTEN = [*S.CELL, *S.WP, *S.EL, *S.XYZ_FLAT, *S.DERIVED]
+
+
+class _FrameArrays:
+    """A conformed frame's structure columns as arrays (elements defaulted)."""
+
+    def __init__(self, df: pd.DataFrame, default_element: str | None) -> None:
+        n = len(df)
+        self.spg = df["spg"].to_numpy(np.int64)
+        self.cell = df[S.CELL].to_numpy(float)
+        self.wp = df[S.WP].to_numpy(np.int64)
+        self.xyz = df[S.XYZ_FLAT].to_numpy(float).reshape(n, S.MAX_SITES, 3)
+        el = df[S.EL].to_numpy(object)
+        self.el = np.where(pd.isna(el), default_element, el)
+        self.used = self.wp >= 0
+
+    def checks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The checks ``decode_row`` makes before projecting: the rows whose group
+        and cell pass, each used site's first failed check (``WYCKOFF_INDEX``, ...,
+        0 for none) and the number of Wyckoff positions of each row's group."""
+        spg_ok = (self.spg >= 1) & (self.spg <= 230)
+        n_wp = np.zeros(len(self.spg), np.int64)
+        for spg in np.unique(self.spg[spg_ok]):
+            n_wp[self.spg == spg] = group_info(int(spg))[1]
+        lengths, angles = self.cell[:, :3], self.cell[:, 3:]
+        with np.errstate(invalid="ignore"):
+            cell_ok = (np.isfinite(self.cell).all(1) & (lengths >= 1.0).all(1)
+                       & (lengths <= 200.0).all(1) & (angles > 10.0).all(1)
+                       & (angles < 170.0).all(1))
+        el_ok = pd.DataFrame(self.el).isin(list(atomic_numbers)).to_numpy()
+        fails = np.select([self.wp >= n_wp[:, None], ~np.isfinite(self.xyz).all(2), ~el_ok],
+                          [WYCKOFF_INDEX, COORDINATES, ELEMENT], 0)
+        return spg_ok & cell_ok, np.where(self.used, fails, 0), n_wp
+
+
+@dataclass
+class _Projected:
+    """Every site of a frame projected: (n, MAX_SITES, ...) arrays."""
+
+    point: np.ndarray
+    free: np.ndarray
+    moved: np.ndarray
+    mult: np.ndarray
+    dof: np.ndarray
+
+
+def _project_sites(v: _FrameArrays, sites: np.ndarray, G: np.ndarray,
+                   chunk: int = 4096) -> _Projected:
+    """Project ``sites`` (a (rows, MAX_SITES) mask), one batch per (group, Wyckoff index)."""
+    n = len(v.spg)
+    out = _Projected(np.full((n, S.MAX_SITES, 3), np.nan), np.full((n, S.MAX_SITES, 3), np.nan),
+                     np.full((n, S.MAX_SITES), np.inf), np.zeros((n, S.MAX_SITES), np.int64),
+                     np.zeros((n, S.MAX_SITES), np.int64))
+    r, k = np.nonzero(sites)
+    keys = v.spg[r] * 10_000 + v.wp[r, k]
+    order = np.argsort(keys, kind="stable")
+    r, k, keys = r[order], k[order], keys[order]
+    bounds = np.flatnonzero(np.diff(keys)) + 1
+    for rr, kk in zip(np.split(r, bounds), np.split(k, bounds)):
+        if not len(rr):
+            continue
+        ops = wyckoff_ops(int(v.spg[rr[0]]), int(v.wp[rr[0], kk[0]]))
+        step = max(1, chunk // len(ops.A))
+        for s in range(0, len(rr), step):
+            ri, ki = rr[s:s + step], kk[s:s + step]
+            point, free, moved = project_many(ops, v.xyz[ri, ki], G[ri])
+            out.point[ri, ki], out.free[ri, ki], out.moved[ri, ki] = point, free, moved
+        out.mult[rr, kk] = ops.multiplicity
+        out.dof[rr, kk] = ops.dof
+    return out
+
+
+def _overlaps(v: _FrameArrays, proj: _Projected, rows: np.ndarray, cell: np.ndarray,
+              G: np.ndarray, cutoff: float) -> list[tuple[int, float]]:
+    """``(row, shortest distance)`` of the rows (a mask) with atoms closer than ``cutoff``.
+
+    Rows of one symmetry (group and Wyckoff indices) are checked together: the
+    distances from one atom of each site (every atom is the image of one of these
+    under a symmetry operation, an isometry of the symmetrised cell) to every atom.
+    A distance within 1e-9 Å of the cutoff or of a rounding step of the reason is
+    left to ``nearest_distance`` (what the row-wise check computes), so that both
+    paths agree exactly.
+    """
+    found: list[tuple[int, float]] = []
+    idx = np.flatnonzero(rows)
+    if not len(idx):
+        return found
+    _, groups = np.unique(np.column_stack([v.spg[idx], v.wp[idx]]), axis=0, return_inverse=True)
+    groups = groups.ravel()
+    for g in np.unique(groups):
+        r = idx[groups == g]
+        slots = np.flatnonzero(v.used[r[0]])
+        frac = np.concatenate([orbit_many(wyckoff_ops(int(v.spg[r[0]]), int(v.wp[r[0], k])),
+                                          proj.free[r, k]) for k in slots], axis=1)
+        reps = np.cumsum([0, *proj.mult[r[0], slots][:-1]])
+        # the cutoff in fractions of each lattice plane spacing
+        span = cutoff * np.sqrt(np.diagonal(np.linalg.inv(G[r]), axis1=1, axis2=2))
+        wide = span.max(1) <= 0.5
+        shortest = np.empty(len(r))
+        shortest[wide] = _shortest_minimum_image(frac[wide], reps, G[r[wide]])
+        if not wide.all():
+            shortest[~wide] = _shortest_over_shifts(frac[~wide], reps, G[r[~wide]],
+                                                    span[~wide].max(0), cutoff)
+        for i, f, d in zip(r, frac, shortest.tolist()):
+            if abs(d - cutoff) < 1e-9 or (
+                    d < cutoff and abs(d * 1000 - math.floor(d * 1000) - 0.5) < 1e-6):
+                d = nearest_distance(f, cellpar_to_cell(cell[i]), cutoff)
+            if d < cutoff:
+                found.append((int(i), d))
+    return found
+
+
+def _shortest_minimum_image(frac: np.ndarray, reps: np.ndarray, G: np.ndarray,
+                            budget: int = 1 << 21) -> np.ndarray:
+    """Shortest distance from the atoms ``reps`` to any other, per row of ``frac``
+    (m, N, 3), where the cutoff is at most half of every plane spacing: then only
+    the nearest image of each atom can be closer than it."""
+    out = np.empty(len(frac))
+    step = max(1, budget // (len(reps) * frac.shape[1]))
+    for s in range(0, len(frac), step):
+        f = frac[s:s + step]
+        delta = f[:, None, :, :] - f[:, reps, None, :]                 # (m, K, N, 3)
+        delta -= np.round(delta)
+        cart = delta @ np.linalg.cholesky(G[s:s + step])[:, None]
+        d2 = (cart * cart).sum(-1)
+        d2[:, np.arange(len(reps)), reps] = np.inf                     # an atom and itself
+        out[s:s + step] = np.sqrt(d2.reshape(len(f), -1).min(1))
+    return out
+
+
+def _shortest_over_shifts(frac: np.ndarray, reps: np.ndarray, G: np.ndarray,
+                          span: np.ndarray, cutoff: float, budget: int = 1 << 20
+                          ) -> np.ndarray:
+    """As ``_shortest_minimum_image`` for cells thinner than twice the cutoff: over
+    every lattice shift within reach (``span``: the cutoff in plane spacings).
+    Exact below the cutoff (plus 1e-6 Å); rows with no pair that close get a
+    lower bound of their shortest distance that is at least the cutoff."""
+    reach = np.ceil(span + 1e-9).astype(int)
+    shifts = np.array(np.meshgrid(*[np.arange(-q, q + 1) for q in reach], indexing="ij"),
+                      float).reshape(3, -1).T
+    n_reps, n_atoms, n_shifts = len(reps), frac.shape[1], len(shifts)
+    self_pair = np.zeros((n_reps, n_atoms, n_shifts), bool)
+    self_pair[np.arange(n_reps), reps, n_shifts // 2] = True
+    out = np.full(len(frac), np.inf)
+    step = max(1, budget // self_pair.size)
+    for s in range(0, len(frac), step):
+        lat = np.linalg.cholesky(G[s:s + step])                        # rows: lattice vectors
+        cart = frac[s:s + step] @ lat                                  # (m, N, 3)
+        u = cart[:, None, :, :] - cart[:, reps, None, :]               # (m, K, N, 3)
+        sc = shifts @ lat                                              # (m, S, 3)
+        m = len(u)
+        # |u + s|^2 expanded (one matrix product) finds the rows with a close pair ...
+        d2 = ((u * u).sum(-1)[..., None] + (sc * sc).sum(-1)[:, None, None, :]
+              + 2 * (u.reshape(m, -1, 3) @ np.swapaxes(sc, 1, 2)).reshape(
+                  m, n_reps, n_atoms, n_shifts))
+        near = np.flatnonzero(np.where(self_pair, np.inf, d2).reshape(m, -1).min(1)
+                              < (cutoff + 1e-6) ** 2)
+        # ... whose distances are then computed directly, without the cancellation
+        delta = u[near, :, :, None, :] + sc[near, None, None, :, :]
+        out[s + near] = np.sqrt(np.where(self_pair, np.inf, (delta * delta).sum(-1))
+                                .reshape(len(near), self_pair.size).min(1, initial=np.inf))
+    return out
+
+
+def _write_decoded(cols: dict[str, np.ndarray], v: _FrameArrays, proj: _Projected,
+                   rows: np.ndarray, cell: np.ndarray, lattice: np.ndarray) -> None:
+    """Rewrite the valid ``rows`` of the columns ``cols`` as ``_decoded_columns``
+    does: the symmetrised cell, the used sites first and projected, derived columns."""
+    order = np.argsort(~v.used[rows], axis=1, kind="stable")       # used sites first
+    take = rows[:, None], order
+    n_sites = v.used[rows].sum(1)
+    keep = np.arange(S.MAX_SITES)[None, :] < n_sites[:, None]
+    points = np.where(keep[..., None], proj.point[take], np.nan)
+    values = {**dict(zip(S.CELL, cell[rows].T)),
+              **dict(zip(S.WP, np.where(keep, v.wp[take], -1).T)),
+              **dict(zip(S.EL, np.where(keep, v.el[take], None).T)),
+              **dict(zip(S.XYZ_FLAT, points.reshape(len(rows), 3 * S.MAX_SITES).T))}
+    lattice_dof = np.array([LATTICE_DOF[lt] for lt in lattice[rows]], np.int64)
+    values.update(natoms=proj.mult[rows].sum(1), n_sites=n_sites,
+                  dof=lattice_dof + proj.dof[rows].sum(1), valid_xtal=True, error=None)
+    for c, val in values.items():
+        cols[c][rows] = val
 
 
 def _decoded_columns(dec: Decoded) -> dict[str, Any]:

@@ -103,6 +103,113 @@ def garbage(n: int, seed: int = 0) -> pd.DataFrame:
     return df
 
 
+def noisy(df: pd.DataFrame, n: int, seed: int = 0, xyz_sd: float = 0.003) -> pd.DataFrame:
+    """Generated-like rows: rows of ``df`` with noise on every cell value (1 %) and
+    coordinate (``xyz_sd``, fractional)."""
+    rng = np.random.default_rng(seed)
+    out = df.sample(n, replace=True, random_state=seed).reset_index(drop=True)
+    for c in S.CELL:
+        out[c] = out[c] * (1 + rng.normal(0, 0.01, n))
+    for c in S.XYZ_FLAT:
+        out[c] = out[c] + rng.normal(0, xyz_sd, n)
+    return out
+
+
+def _decoded_alike(df: pd.DataFrame, **kw) -> pd.DataFrame:
+    """The vectorised decoder's frame, asserted equal to the row-wise one's in every
+    structure column; other columns pass through as they came (the row-wise path
+    re-infers their types from Python objects)."""
+    fast = codec.decode_frame(df, **kw)
+    ref = codec.decode_frame_rowwise(df, **kw)
+    pd.testing.assert_frame_equal(fast[S.COLUMNS], ref[S.COLUMNS], check_exact=True)
+    extra = [c for c in df.columns if c not in S.COLUMNS]
+    assert list(fast.columns) == list(ref.columns)
+    pd.testing.assert_frame_equal(fast[extra], df[extra])
+    return fast
+
+
+def test_vectorised_decode_equals_row_wise(ingested):
+    """Every value and every reason, to the last bit: training rows (with the
+    source's own columns), noisy ones, far-off ones, garbage and an empty frame."""
+    table = pd.read_parquet(ingested.table_path("ingested"))
+    assert _decoded_alike(table)["valid_xtal"].sum() >= 140
+    train = table[table["train"]]
+    assert _decoded_alike(noisy(train, 1000))["valid_xtal"].all()
+    far = _decoded_alike(noisy(train, 1000, seed=1, xyz_sd=0.03))
+    reasons = far["error"].dropna()
+    assert reasons.str.contains("from Wyckoff position").any()
+    assert reasons.str.contains(codec.OVERLAP).any()
+    assert 0.1 < far["valid_xtal"].mean() < 0.9
+    few = _decoded_alike(train, max_atoms=40)
+    assert few["error"].str.contains("more than 40 atoms").any()
+    unnamed = train.assign(**{c: None for c in S.EL})
+    assert _decoded_alike(unnamed, default_element="C")["valid_xtal"].all()
+    assert not _decoded_alike(unnamed)["valid_xtal"].any()
+    _decoded_alike(garbage(3000, seed=3))
+    thin = _decoded_alike(small_cells(2000))
+    assert 0.1 < thin["valid_xtal"].mean() < 0.9
+    assert len(_decoded_alike(table.iloc[:0])) == 0
+
+
+def small_cells(n: int, seed: int = 0) -> pd.DataFrame:
+    """P1 / P-1 / P2/m rows in cells of 1-4 Å with skewed angles: plane spacings
+    below twice the 0.6 Å cutoff, where an atom may be close to its own image."""
+    rng = np.random.default_rng(seed)
+    df = pd.DataFrame({"spg": rng.choice([1, 2, 10], n)})
+    for c in S.LENGTHS:
+        df[c] = rng.uniform(1, 4, n)
+    for c in S.ANGLES:
+        df[c] = rng.uniform(40, 140, n)
+    n_sites = rng.integers(1, 4, n)
+    for k in range(3):
+        df[f"wp{k}"] = np.where(k < n_sites, 0, -1)
+        df[f"el{k}"] = np.where(k < n_sites, "C", None)
+        for c in S.XYZ[k]:
+            df[c] = np.where(k < n_sites, rng.random(n), np.nan)
+    return df
+
+
+def test_projection_does_not_depend_on_the_batch():
+    """A point projected alone or among others gives the same bits."""
+    rng = np.random.default_rng(0)
+    for spg, index in [(227, 1), (194, 3), (166, 2), (12, 1)]:
+        ops = codec.wyckoff_ops(spg, index)
+        xyz = rng.uniform(-0.2, 1.2, (50, 3))
+        G = codec.metric_tensor(rng.uniform([3, 3, 3, 80, 80, 80], [9, 9, 9, 100, 100, 100],
+                                            (50, 6)))
+        point, free, moved = codec.project_many(ops, xyz, G)
+        for i in (0, 17, 49):
+            p1, f1, m1 = codec.project(ops, xyz[i], G[i])
+            assert np.array_equal(p1, point[i]) and np.array_equal(f1, free[i])
+            assert m1 == moved[i]
+
+
+def test_projection_is_the_nearest_point_of_the_position():
+    """The projected point is a point of the orbit's subspaces, ``moved`` Å from the
+    input under the cell's metric, and no random point of those subspaces is nearer."""
+    rng = np.random.default_rng(1)
+    shifts = np.array(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")).reshape(3, -1).T
+    for spg, index in [(227, 3), (194, 2), (166, 4), (12, 2), (139, 6)]:
+        ops = codec.wyckoff_ops(spg, index)
+        lattice = codec.group_info(spg)[0]
+        cell = codec.symmetrize_cell(np.array([5.0, 5.5, 7.0, 90.0, 100.0, 90.0]), lattice)
+        G = codec.metric_tensor(cell)
+        xyz = rng.uniform(0, 1, (20, 3))
+        point, free, moved = codec.project_many(ops, xyz, np.broadcast_to(G, (20, 3, 3)))
+
+        def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            """Shortest periodic distance (Å) from each a to each b: (len(a), len(b))."""
+            d = b[None, :, None, :] - a[:, None, None, :] + shifts[None, None]
+            return np.sqrt(np.einsum("...i,ij,...j->...", d, G, d)).min(-1)
+
+        members = np.einsum("jab,mb->mja", ops.A, free) + ops.t          # (20, J, 3)
+        assert all(dist(point[i:i + 1], members[i]).min() < 1e-9 for i in range(20))
+        assert np.allclose(np.diagonal(dist(xyz, point)), moved, atol=1e-9)
+        f = rng.uniform(-1, 1, (300, 3))
+        cloud = (np.einsum("jab,nb->nja", ops.A, f) + ops.t).reshape(-1, 3)
+        assert np.all(moved <= dist(xyz, cloud).min(1) + 1e-9)
+
+
 def test_decode_10000_garbage_rows_loses_none(tmp_path):
     src = tmp_path / "garbage.parquet"
     garbage(10_000).to_parquet(src)
