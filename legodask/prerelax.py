@@ -79,7 +79,7 @@ class Options:
     nelder_mead: int = 0        # derivative-free iterations before L-BFGS-B
     wide_rcut: float = 3.0      # rescue: relax first with this descriptor cutoff (Å),
     #                             then with the reference's (0: no such rescue)
-    hops: int = 4               # rescue: basin-hopping restarts from the best point
+    hops: int = 4               # rescue: basin-hopping restarts (from the start, see hop_step)
     steps: int = 600            # batched L-BFGS steps
     fmax: float = 1e-4          # converged: largest scaled gradient component
     loss_tol: float = 1e-8      # converged: loss below this
