@@ -782,9 +782,8 @@ def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
         return relax_batch(ps, env, opts, mode, par, xs=xs, spent=used)
 
     n = len(problems)
-    zero = np.zeros(n)
-    out = [check(r, p, o, env) for r, p, o in
-           zip(rows, problems, run(list(range(n)), [p.x0 for p in problems], params, zero))]
+    first = run(list(range(n)), [p.x0 for p in problems], params, np.zeros(n))
+    out = [check(r, p, o, env) for r, p, o in zip(rows, problems, first)]
     rng = np.random.default_rng(opts.seed)
     stages = (["wide"] if opts.wide_rcut > params.rcut else []) + list(range(opts.hops))
     for stage in stages:
