@@ -6,7 +6,10 @@ earlier model succeeded).  Per model the stage writes ``energy_<m>`` (eV/atom),
 ``e_above_<m>`` (above graphite relaxed with the same model in the same run),
 ``relax_steps_<m>``, ``relaxed_<m>`` (extended-XYZ text) and ``error_<m>``.
 Rows that are not valid crystals (or, with ``--only-valid-env``, not valid
-environments) are kept unrelaxed with the reason in ``error_<m>``.
+environments) are kept unrelaxed with the reason in ``error_<m>``.  With
+``--unique`` the input is deduplicated first (``RUN/rank_unique.parquet``, the
+``dedup`` stage's join) and only the first row of each crystal is relaxed: the
+others are the same crystal, so force-field time goes to distinct structures.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import pandas as pd
 from ase import Atoms
 
 from . import cluster, codec
+from . import dedup as D
+from . import fingerprint as F
 from . import schema as S
 from .energy import ModelUnavailable, get_model
 from .energy.relax import RelaxResult, RelaxSettings, graphite, relax_many, text_to_atoms
@@ -32,6 +37,7 @@ log = logging.getLogger("legodask")
 
 _ENERGY_DTYPES = ("float64", "float64", "int32", "object", "object")
 REFERENCES_FILE = "rank_references.json"
+UNIQUE_TABLE = "rank_unique"
 
 
 def energy_dtypes(models: Sequence[str]) -> dict[str, str]:
@@ -54,13 +60,30 @@ def _skip_reason(rec: Mapping[str, Any], only_valid_env: bool) -> str | None:
     return None
 
 
-def _start_structures(records: Sequence[Mapping[str, Any]],
-                      only_valid_env: bool) -> tuple[list[Atoms | None], list[str | None]]:
+def _repeats(df: pd.DataFrame, unique: pd.DataFrame | None) -> list[str | None]:
+    """Per row, the id of the earlier row of the same crystal, from ``unique`` (the
+    partition's rows in the ``rank_unique`` fingerprints table), else ``None``."""
+    if unique is None:
+        return [None] * len(df)
+    ids = df["id"].to_numpy(object) if "id" in df.columns else None
+    if len(unique) != len(df) or (ids is not None and not all(
+            a is None or pd.isna(a) or a == b for a, b in zip(ids, unique["id"]))):
+        raise ValueError("rank --unique: the fingerprints partition does not match the "
+                         f"input partition ({len(unique)} rows for {len(df)})")
+    repeat = unique[S.FINGERPRINT].notna() & unique[F.FP_DATA].isna()
+    return [f if r else None for f, r in zip(unique[D.FIRST_ID], repeat)]
+
+
+def _start_structures(records: Sequence[Mapping[str, Any]], only_valid_env: bool,
+                      repeats: Sequence[str | None]) -> tuple[list[Atoms | None],
+                                                              list[str | None]]:
     """Each row's structure, or ``None`` and why it is not ranked."""
     structures: list[Atoms | None] = []
     reasons: list[str | None] = []
-    for rec in records:
+    for rec, first in zip(records, repeats):
         why = _skip_reason(rec, only_valid_env)
+        if why is None and first is not None:
+            why = f"not ranked: the same crystal as {first} (rank --unique)"
         atoms = None
         if why is None:
             try:
@@ -76,13 +99,16 @@ def rank_frame(df: pd.DataFrame, models: Sequence[str],
                options: Mapping[str, Mapping[str, Any]] | None = None,
                settings: RelaxSettings = RelaxSettings(),
                references: Mapping[str, float] | None = None,
-               only_valid_env: bool = False) -> pd.DataFrame:
+               only_valid_env: bool = False,
+               unique: pd.DataFrame | None = None) -> pd.DataFrame:
     """The rank kernel: relax every valid row of a partition with each model in turn
-    and add its energy columns.  No row is dropped; failures are recorded."""
+    and add its energy columns; with ``unique`` (its fingerprints, row for row) only
+    the first row of each crystal.  No row is dropped; failures are recorded."""
     options = options or {}
     references = references or {}
     out = df.copy()
-    current, reasons = _start_structures(df.to_dict("records"), only_valid_env)
+    current, reasons = _start_structures(df.to_dict("records"), only_valid_env,
+                                         _repeats(df, unique))
     todo = [i for i, a in enumerate(current) if a is not None]
     for m in models:
         results: list[RelaxResult] = [RelaxResult(error=reasons[i]) for i in range(len(df))]
@@ -106,12 +132,18 @@ def rank_frame(df: pd.DataFrame, models: Sequence[str],
     return out
 
 
+def _rank_unique(df: pd.DataFrame, unique: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
+    """``rank_frame`` with the partition's fingerprints as the second partition."""
+    return rank_frame(df, unique=unique, **kwargs)
+
+
 def rank(run: Run, models: Sequence[str], input: str = "prerelaxed", output: str = "ranked",
          options: Mapping[str, Mapping[str, Any]] | None = None,
          settings: RelaxSettings = RelaxSettings(),
-         only_valid_env: bool = False) -> StageResult:
+         only_valid_env: bool = False, unique: bool = False) -> StageResult:
     """Map ``rank_frame`` over table ``input`` into table ``output``; graphite is
-    relaxed with each model first (one task per model) as the energy zero."""
+    relaxed with each model first (one task per model) as the energy zero.  With
+    ``unique`` the input is deduplicated first and repeats are not relaxed."""
     options = {m: dict((options or {}).get(m, {})) for m in models}
     gpu = any(get_model(m, **options[m]).gpu for m in models) and cluster.has_gpu_worker()
     annotations = {"resources": cluster.GPU_RESOURCE} if gpu else None
@@ -127,10 +159,20 @@ def rank(run: Run, models: Sequence[str], input: str = "prerelaxed", output: str
     dtypes = run.read(input).dtypes
     meta = pd.DataFrame({c: pd.Series(dtype=t) for c, t in
                          {**dtypes.to_dict(), **energy_dtypes(models)}.items()})
-    return run.map_table(input, output, rank_frame, meta, desc=f"rank {','.join(models)}",
-                         annotations=annotations, models=list(models), options=options,
-                         settings=settings, references=references,
-                         only_valid_env=only_valid_env)
+    kwargs = dict(models=list(models), options=options, settings=settings,
+                  references=references, only_valid_env=only_valid_env)
+    if not unique:
+        return run.map_table(input, output, rank_frame, meta, desc=f"rank {','.join(models)}",
+                             annotations=annotations, **kwargs)
+    if not run.is_complete(UNIQUE_TABLE):
+        D.dedup(run, input, UNIQUE_TABLE,
+                require=["valid_xtal", *(["valid_env"] if only_valid_env else [])])
+    fps = run.read(UNIQUE_TABLE, columns=["id", S.FINGERPRINT, F.FP_DATA, D.FIRST_ID])
+    with dask.annotate(**(annotations or {})):
+        mapped = run.read(input).map_partitions(_rank_unique, fps, align_dataframes=False,
+                                                meta=meta, **kwargs)
+    return run.write(output, mapped.to_delayed(), meta, desc=f"rank {','.join(models)}",
+                     source=input)
 
 
 # ---------------------------------------------------------------------------
@@ -166,6 +208,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="ranked", help="table to write")
     parser.add_argument("--only-valid-env", action="store_true",
                         help="rank only rows whose valid_env is true")
+    parser.add_argument("--unique", action="store_true",
+                        help="deduplicate the input first and rank one row per crystal")
     parser.add_argument("--option", action="append", default=[], metavar="MODEL.NAME=VALUE",
                         help="back-end option, e.g. reaxff.ffield=ffield.reax.cho, "
                              "mace.model=/path/file.model, mace.dispersion=true")
@@ -198,6 +242,6 @@ def command(args: argparse.Namespace) -> int:
         return 2
     log.info("rank: models %s, settings %s", models, asdict(settings))
     result = rank(Run(args.run), models, args.input, args.output, options, settings,
-                  args.only_valid_env)
+                  args.only_valid_env, args.unique)
     print(result)
     return 0

@@ -128,6 +128,21 @@ def test_rank_stage_writes_ranked_table(rows, tmp_path):
     assert refs[0]["model"] == "tersoff" and refs[0]["energy"] < -7.3
 
 
+def test_unique_ranks_one_row_per_crystal(rows, tmp_path):
+    """--unique: a repeat (the same graphite under another id, in another partition)
+    is not relaxed and names the row that was; the partitions' rows stay in order."""
+    run = Run(tmp_path / "run")
+    again = rows.iloc[:1].assign(id="graphite-again")
+    df = pd.concat([rows.iloc[:2], again], ignore_index=True)
+    run.write_frame_table("prerelaxed", df, rows_per_part=2)
+    result = rank.rank(run, ["tersoff"], settings=FAST, only_valid_env=True, unique=True)
+    assert result.rows == 3 and run.is_complete(rank.UNIQUE_TABLE)
+    ranked = run.read("ranked").compute().set_index("id")
+    assert list(ranked.index) == ["graphite", "diamond", "graphite-again"]
+    assert ranked["energy_tersoff"].notna().tolist() == [True, True, False]
+    assert "same crystal as graphite" in ranked.loc["graphite-again", "error_tersoff"]
+
+
 def test_command_line(tmp_path):
     parser = argparse.ArgumentParser()
     rank.add_arguments(parser)
