@@ -101,3 +101,16 @@ def test_chunk_stream_visits_every_row_once(tmp_path: Path) -> None:
     chunks = list(stream.epoch(np.random.default_rng(0)))
     assert sorted(len(c) for c in chunks) == [4, 7, 7, 7]
     np.testing.assert_array_equal(np.sort(np.concatenate(chunks)[:, 0]), data[:, 0])
+
+
+def test_generator_alone_samples_as_the_whole_gan(on_grid: pd.DataFrame,
+                                                  tmp_path: Path) -> None:
+    """A GAN file without its discriminator (for sampling alone) draws the same rows."""
+    _train("gan", on_grid, 2, tmp_path)
+    whole, _ = models.load(tmp_path, torch.device("cpu"))
+    state = torch.load(tmp_path / models.BEST, weights_only=False)
+    state["model"].pop("D")
+    torch.save(state, tmp_path / models.BEST)
+    alone, _ = models.load(tmp_path, torch.device("cpu"))
+    same = [m.sample(50, torch.Generator().manual_seed(3)) for m in (whole, alone)]
+    np.testing.assert_array_equal(*same)

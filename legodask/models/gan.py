@@ -189,7 +189,8 @@ class GAN(TabularModel):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
+        if "D" in state:  # a file for sampling alone may carry the generator only
+            self.D.load_state_dict(state["D"])
         self.cond_counts = np.asarray(state["cond_counts"], float)
         if "opt_g" in state:
             self.opt_g.load_state_dict(state["opt_g"])
