@@ -259,6 +259,16 @@ def radial_functions(r: np.ndarray, p: SO3Params) -> tuple[np.ndarray, np.ndarra
     return value, deriv
 
 
+@functools.lru_cache(maxsize=16)
+def _hermite_table(p: SO3Params, knots: int) -> np.ndarray:
+    """Values and scaled slopes of the radial factor at ``knots + 1`` nodes on
+    (0, rcut), made once per parameters (every batch of a relaxation needs it)."""
+    value, deriv = radial_functions(np.linspace(0, p.rcut, knots + 1), p)
+    table = np.concatenate([value, deriv * (p.rcut / knots)], 1)
+    table.flags.writeable = False
+    return table
+
+
 class SO3Torch:
     """The power spectrum on a ragged list of pairs, in float64 on any device.
 
@@ -279,8 +289,7 @@ class SO3Torch:
         # cubic Hermite table of the radial factor on (0, rcut): exact values and
         # slopes at the nodes, interpolation error ~ (rcut / knots)^4, far below 1e-8
         self.h = params.rcut / knots
-        value, deriv = radial_functions(np.linspace(0, params.rcut, knots + 1), params)
-        self.table = torch.as_tensor(np.concatenate([value, deriv * self.h], 1), **t)
+        self.table = torch.tensor(_hermite_table(params, knots), **t)  # a copy
         self.l_norm = torch.as_tensor(_l_norm(params.lmax), **t)
         self.lm_l = torch.as_tensor(_lm_to_l(params.lmax), **t)
         self.sph = torch.as_tensor(_sph_monomial_table(params.lmax), **t)

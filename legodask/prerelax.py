@@ -380,19 +380,37 @@ def _structure_pairs(b: Batch, k: int, cart: np.ndarray, cell: np.ndarray
                      ) -> tuple[np.ndarray, ...]:
     """Neighbour pairs of structure ``k`` within rcut + skin, from each site's
     representative atom (global indices)."""
-    from ase.neighborlist import primitive_neighbor_list
-
     p = b.problems[k]
     a0, s0 = b.atom_offset[k], b.site_offset[k]
-    pos = cart[a0:a0 + p.natoms]
-    i, j, shift = primitive_neighbor_list("ijS", [True] * 3, cell, pos,
-                                          b.so3.params.rcut + SKIN, self_interaction=False)
-    is_rep = np.full(p.natoms, -1)
-    is_rep[p.rep_atom] = np.arange(len(p.rep_atom))
-    keep = is_rep[i] >= 0
-    i, j, shift = i[keep], j[keep], shift[keep]
+    site, i, j, shift = neighbours(cart[a0:a0 + p.natoms], cell, p.rep_atom,
+                                   b.so3.params.rcut + SKIN)
     w = pair_weights(p.numbers[i], p.numbers[j], b.so3.params.weight_on)
-    return is_rep[i] + s0, i + a0, j + a0, shift.astype(float), w, np.full(len(i), k)
+    return site + s0, i + a0, j + a0, shift, w, np.full(len(i), k)
+
+
+def neighbours(pos: np.ndarray, cell: np.ndarray, centers: np.ndarray, cutoff: float
+               ) -> tuple[np.ndarray, ...]:
+    """Every neighbour within ``cutoff`` of the atoms ``centers`` of a periodic
+    crystal: (center's row in ``centers``, i, j, shift) with ``pos[j] + shift @ cell
+    - pos[i]`` the pair's vector; a brute force over the periodic images that can
+    hold one (far cheaper than a binned search for the few centres and small cells
+    of a symmetry-reduced crystal)."""
+    inv = np.linalg.inv(cell)
+    frac = pos @ inv
+    whole = np.floor(frac)
+    wrapped = frac - whole
+    # images along axis k reach |df_k + n| <= cutoff / (spacing of the planes k)
+    reach = np.ceil(cutoff * np.linalg.norm(inv, axis=0)).astype(int) + 1
+    grid = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in reach], indexing="ij"), -1)
+    images = grid.reshape(-1, 3).astype(float)
+    df = wrapped[None, :, None, :] - wrapped[centers][:, None, None, :] + images[None, None]
+    d2 = np.einsum("cjsk,cjsk->cjs", vec := df @ cell, vec)
+    c, j, n = np.nonzero(d2 < cutoff * cutoff)
+    i = centers[c]
+    shift = images[n] - (whole[j] - whole[i])
+    self_pair = (i == j) & np.all(images[n] == 0, axis=1)
+    keep = ~self_pair
+    return c[keep], i[keep], j[keep], shift[keep]
 
 
 def update_pairs(b: Batch, cart: Any, cell: Any) -> None:

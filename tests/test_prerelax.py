@@ -19,8 +19,9 @@ from legodask import schema as S
 from legodask.descriptor import SO3Params
 from legodask.environment import get_environment
 from legodask.prerelax import (Options, batch_loss, build_problem, loss_and_grad, make_batch,
-                               prerelax, prerelax_frame, prerelax_row, relax_batch,
-                               relax_rows, relax_scipy, relaxed_row, spread_limit)
+                               neighbours, prerelax, prerelax_frame, prerelax_row,
+                               relax_batch, relax_rows, relax_scipy, relaxed_row,
+                               spread_limit)
 from legodask.store import Run
 
 
@@ -255,3 +256,27 @@ def test_spread_limit_shares_rows_over_partitions():
     assert spread_limit(100, [3, 0, 4]) == [3, 0, 4]
     assert spread_limit(0, [5, 5]) == [0, 0]
     assert sum(spread_limit(60, [1] * 100)) == 60
+
+
+def test_neighbours_are_ase_pairs_of_the_centres():
+    """The brute-force image search gives exactly ASE's pairs (and shifts) for the
+    centre atoms, in skewed and thin cells with atoms outside the cell."""
+    from ase.geometry import cellpar_to_cell
+    from ase.neighborlist import primitive_neighbor_list
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        cell = cellpar_to_cell(np.r_[rng.uniform(1.5, 9, 3), rng.uniform(60, 120, 3)])
+        if not np.isfinite(cell).all() or abs(np.linalg.det(cell)) < 1:
+            continue
+        n = int(rng.integers(1, 30))
+        pos = rng.uniform(-1.5, 2.5, (n, 3)) @ cell
+        centers = np.sort(rng.choice(n, size=min(n, 4), replace=False))
+        cut = rng.uniform(1.5, 3.5)
+        i, j, shift = primitive_neighbor_list("ijS", [True] * 3, cell, pos, cut,
+                                              self_interaction=False)
+        keep = np.isin(i, centers)
+        c, i2, j2, shift2 = neighbours(pos, cell, centers, cut)
+        assert np.array_equal(centers[c], i2)
+        assert sorted(zip(i[keep], j[keep], map(tuple, shift[keep]))) == \
+            sorted(zip(i2, j2, map(tuple, shift2.astype(int))))
