@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["decode", "augment", "prerelax", "generate", "validity", "rank", "dedup", "scale"]
+ORDER = ["decode", "augment", "prerelax", "generate", "validity", "rank", "dedup", "scale", "gpu"]
 INTRO = """# Benchmarks
 
 Each script measures legodask beside its baseline in the same run and writes
@@ -16,6 +16,11 @@ Each script measures legodask beside its baseline in the same run and writes
 latter by `python benchmarks/collect.py`.  Machine: 2 shared CPU cores, no GPU
 (none was lent to this task).  During the runs other jobs shared the cores, so
 rates per core are lower bounds; ratios are measured side by side and hold.
+
+The GPU checks (batched pre-relaxation per minute, sampling against ctgan's
+`sample` on the same GPU) are one prepared device run: `benchmarks/gpu.py`
+(`prepare` and `wheels` here, `bash benchmarks/gpu.sh` there, `report` back
+here, which writes `results/gpu.md`); it has not run on a GPU yet.
 """
 
 

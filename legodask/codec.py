@@ -38,7 +38,7 @@ class DecodeError(ValueError):
 
 
 # the reason of a row whose sites all lie on their Wyckoff positions but whose atoms
-# overlap: valid by pyxtal's (and the paper's) criterion, which checks no distances
+# overlap: valid by pyxtal's decoder (the paper's criterion), which checks no distances
 OVERLAP = "atoms on top of each other"
 
 

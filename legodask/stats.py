@@ -223,9 +223,10 @@ def format_stats(stats: dict[str, Any]) -> str:
              f"crystals ({100 * stats['valid_share']:.1f} %), {stats['symmetries']} symmetries"]
     if stats.get("overlapping"):
         lines.append(f"{stats['overlapping']:,} more rows put every site on its Wyckoff position "
-                     f"but have overlapping atoms: valid by pyxtal's criterion, the paper's, "
-                     f"which checks no distances "
-                     f"({100 * stats['valid_share_no_distance_check']:.1f} % by it)")
+                     f"but have overlapping atoms: valid without the distance check "
+                     f"({100 * stats['valid_share_no_distance_check']:.1f} %); pyxtal's "
+                     f"decoder, the paper's criterion, checks no distances and drops the "
+                     f"sites off their Wyckoff positions, so it calls more valid still")
     if "training" in stats:
         lines.append(f"against {stats['training']} ({stats['training_rows']:,} valid rows, "
                      f"{stats['training_symmetries']} symmetries): {stats['new_symmetries']} new "
