@@ -399,8 +399,9 @@ def neighbours(pos: np.ndarray, cell: np.ndarray, centers: np.ndarray, cutoff: f
     frac = pos @ inv
     whole = np.floor(frac)
     wrapped = frac - whole
-    # images along axis k reach |df_k + n| <= cutoff / (spacing of the planes k)
-    reach = np.ceil(cutoff * np.linalg.norm(inv, axis=0)).astype(int) + 1
+    # a neighbour in image n has |df_k + n_k| <= cutoff / (spacing of the planes k),
+    # and |df_k| < 1 for wrapped positions
+    reach = np.floor(1 + cutoff * np.linalg.norm(inv, axis=0)).astype(int)
     grid = np.stack(np.meshgrid(*[np.arange(-m, m + 1) for m in reach], indexing="ij"), -1)
     images = grid.reshape(-1, 3).astype(float)
     df = wrapped[None, :, None, :] - wrapped[centers][:, None, None, :] + images[None, None]
@@ -408,8 +409,7 @@ def neighbours(pos: np.ndarray, cell: np.ndarray, centers: np.ndarray, cutoff: f
     c, j, n = np.nonzero(d2 < cutoff * cutoff)
     i = centers[c]
     shift = images[n] - (whole[j] - whole[i])
-    self_pair = (i == j) & np.all(images[n] == 0, axis=1)
-    keep = ~self_pair
+    keep = (i != j) | np.any(images[n] != 0, axis=1)  # not the centre itself
     return c[keep], i[keep], j[keep], shift[keep]
 
 
