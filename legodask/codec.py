@@ -13,9 +13,12 @@ from its result on demand.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import math
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -435,6 +438,39 @@ def decoded_to_pyxtal(dec: Decoded) -> Any:
 def row_to_pyxtal(row: Mapping[str, Any], **kw: Any) -> Any:
     """A pyxtal crystal of a row (raises ``DecodeError`` for an invalid row)."""
     return decoded_to_pyxtal(decode_row(row, **kw))
+
+
+_STDOUT = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Swallow prints; one thread at a time, since ``sys.stdout`` is the process's
+    (two threads' interleaved redirects would leave it pointing at a buffer)."""
+    with _STDOUT, contextlib.redirect_stdout(io.StringIO()):
+        yield
+
+
+def pyxtal_verdicts(df: pd.DataFrame) -> np.ndarray:
+    """What pyxtal's own decoder (``from_tabular_representation``, the paper's
+    validity) says of each row: (n, 2) ints, [valid, sites it kept]; it drops a site
+    it cannot place and still calls the crystal valid, so compare the sites kept with
+    the row's (``(df[S.WP] >= 0).sum(1)``)."""
+    from pyxtal import pyxtal
+
+    out = np.zeros((len(df), 2), dtype=int)
+    for k, row in enumerate(df.to_dict("records")):
+        rep = [row["spg"], *[row[c] for c in S.LENGTHS], *np.radians([row[c] for c in S.ANGLES])]
+        for wp, xyz in zip(S.WP, S.XYZ):
+            rep += [row[wp], *(row[c] for c in xyz)] if row[wp] >= 0 else [-1, -1, -1, -1]
+        x = pyxtal()
+        try:
+            with _quiet_stdout():  # pyxtal prints each site it drops
+                x.from_tabular_representation(np.nan_to_num(np.array(rep, float), nan=-1.0))
+        except Exception:  # pyxtal's own failure: not valid by its measure either
+            continue
+        out[k] = [bool(x.valid), len(x.atom_sites) if x.valid else 0]
+    return out
 
 
 def pyxtal_to_row(xtal: Any, ids: list[int | None] | None = None,

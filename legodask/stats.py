@@ -82,6 +82,16 @@ def _counts(df: pd.DataFrame) -> np.ndarray:
     return np.array([len(df), int(df["valid_xtal"].astype(bool).sum()), overlap])
 
 
+def _pyxtal_counts(df: pd.DataFrame, k: int) -> np.ndarray:
+    """Of the first ``k`` rows: rows, valid by pyxtal's decoder, and of those the
+    ones it kept with fewer sites than the row has."""
+    head = df.iloc[:k]
+    verdicts = codec.pyxtal_verdicts(head)
+    valid = verdicts[:, 0] == 1
+    lost = valid & (verdicts[:, 1] < (head[S.WP] >= 0).sum(1).to_numpy())
+    return np.array([len(head), int(valid.sum()), int(lost.sum())])
+
+
 def _histograms(df: pd.DataFrame) -> np.ndarray:
     """Counts of each cell column of the valid rows in fixed bins, (6, N_BINS)."""
     v = valid_rows(df)
@@ -149,14 +159,17 @@ def match_training(df: pd.DataFrame, train: pd.DataFrame, tol: Tolerance) -> pd.
 
 
 def table_stats(run: Run, table: str, training: str | None = None,
-                tol: Tolerance = Tolerance()) -> dict[str, Any]:
+                tol: Tolerance = Tolerance(), pyxtal_rows: int = 2000) -> dict[str, Any]:
     """The counts of ``table`` (and against ``training`` when given), by reductions
-    over partitions; histograms of the cell columns under ``"histograms"``."""
+    over partitions; histograms of the cell columns under ``"histograms"``; what
+    pyxtal's decoder says of about ``pyxtal_rows`` rows (the first of each partition)."""
     parts = run.read(table).to_delayed()
     counts = dask.delayed(sum)([dask.delayed(_counts)(p) for p in parts])
     syms = dask.delayed(_union)([dask.delayed(_symmetries)(p) for p in parts])
     hist = dask.delayed(sum)([dask.delayed(_histograms)(p) for p in parts])
-    todo: list[Any] = [counts, syms, hist]
+    k = -(-pyxtal_rows // max(len(parts), 1))
+    pyx = dask.delayed(sum)([dask.delayed(_pyxtal_counts)(p, k) for p in parts])
+    todo: list[Any] = [counts, syms, hist, pyx]
     if training:
         tparts = run.read(training).to_delayed()
         tsyms = dask.delayed(_union)([dask.delayed(_symmetries)(p) for p in tparts])
@@ -167,15 +180,17 @@ def table_stats(run: Run, table: str, training: str | None = None,
                                            for p in parts])
         todo += [tsyms, thist, tcount, matches]
     out = dask.compute(*todo)
-    (n, n_valid, n_overlap), sym, h = out[:3]
+    (n, n_valid, n_overlap), sym, h, (pn, p_valid, p_lost) = out[:4]
     result: dict[str, Any] = {
         "table": table, "rows": int(n), "valid_xtal": int(n_valid),
         "valid_share": float(n_valid / n) if n else 0.0, "overlapping": int(n_overlap),
         "valid_share_no_distance_check": float((n_valid + n_overlap) / n) if n else 0.0,
         "symmetries": len(sym),
+        "pyxtal_rows": int(pn), "pyxtal_valid_share": float(p_valid / pn) if pn else 0.0,
+        "pyxtal_valid_lost_a_site": float(p_lost / p_valid) if p_valid else 0.0,
         "histograms": {"sample": np.asarray(h).tolist()}}
     if training:
-        tsym, th, (tn, tn_valid, _), m = out[3:]
+        tsym, th, (tn, tn_valid, _), m = out[4:]
         result.update({
             "training": training, "training_rows": int(tn_valid), "training_symmetries": len(tsym),
             "new_symmetries": len(sym - tsym), "training_symmetries_seen": len(sym & tsym),
@@ -227,6 +242,11 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"({100 * stats['valid_share_no_distance_check']:.1f} %); pyxtal's "
                      f"decoder, the paper's criterion, checks no distances and drops the "
                      f"sites off their Wyckoff positions, so it calls more valid still")
+    if stats.get("pyxtal_rows"):
+        lines.append(f"pyxtal's decoder on {stats['pyxtal_rows']:,} rows: "
+                     f"{100 * stats['pyxtal_valid_share']:.1f} % 'valid', "
+                     f"{100 * stats['pyxtal_valid_lost_a_site']:.1f} % of those with a site "
+                     f"dropped")
     if "training" in stats:
         lines.append(f"against {stats['training']} ({stats['training_rows']:,} valid rows, "
                      f"{stats['training_symmetries']} symmetries): {stats['new_symmetries']} new "
@@ -246,11 +266,11 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 def stats_stage(run: Run, table: str = "samples", training: str | None = None,
-                tol: Tolerance = Tolerance()) -> dict[str, Any]:
+                tol: Tolerance = Tolerance(), pyxtal_rows: int = 2000) -> dict[str, Any]:
     """Compute, print-ready, and write ``RUN/stats-<table>.json`` and ``.png``."""
     if training is None:
         training = next((t for t in TRAINING_OF.get(table, ()) if t in run.tables()), None)
-    stats = table_stats(run, table, training, tol)
+    stats = table_stats(run, table, training, tol, pyxtal_rows)
     run.file(f"stats-{table}.json").write_text(json.dumps(stats, indent=1))
     plot_marginals(stats, run.file(f"stats-{table}.png"))
     return stats
@@ -264,10 +284,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--length-tol", type=float, default=0.02, help="Å")
     parser.add_argument("--angle-tol", type=float, default=0.2, help="degrees")
     parser.add_argument("--coord-tol", type=float, default=0.005, help="fractional")
+    parser.add_argument("--pyxtal-rows", type=int, default=2000,
+                        help="rows also judged by pyxtal's decoder, the paper's validity (0: none)")
 
 
 def command(args: argparse.Namespace) -> int:
     tol = Tolerance(args.length_tol, args.angle_tol, args.coord_tol)
-    stats = stats_stage(Run(args.run), args.table, args.training, tol)
+    stats = stats_stage(Run(args.run), args.table, args.training, tol, args.pyxtal_rows)
     print(format_stats(stats))
     return 0

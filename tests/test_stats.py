@@ -61,6 +61,7 @@ def test_sample_stats_count_what_was_built(run: Run) -> None:
     assert stats["training"] == "augmented"
     assert (stats["rows"], stats["valid_xtal"], stats["overlapping"]) == (14, 11, 1)
     assert stats["valid_share_no_distance_check"] == pytest.approx(12 / 14)
+    assert stats["pyxtal_rows"] == 14 and stats["pyxtal_valid_lost_a_site"] == 0
     assert stats["training_symmetries"] == 4
     assert stats["symmetries"] == 5 and stats["new_symmetries"] == 1
     assert stats["rows_regenerating_training"] == 7
@@ -82,3 +83,16 @@ def test_cli_prints_paper_table_for_augmented(run: Run, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "v3-240k" in out and "242,766" in out and "485" in out
     assert "12 valid crystals" in out
+
+
+def test_pyxtal_decoder_keeps_a_crystal_without_a_site_ours_rejects(sacada_db: Path) -> None:
+    """The paper's validity: pyxtal drops a site off its Wyckoff position and still calls
+    the crystal valid; legodask calls the row invalid and says why."""
+    train = training_table(sacada_db, n_structures=12)
+    row = train[(train["n_sites"] >= 2) & (train["wp1"] > 0)].iloc[[0]].copy()
+    assert codec.pyxtal_verdicts(row).tolist() == [[1, 2]]
+    for c, d in zip(S.XYZ[1], (0.21, 0.13, 0.07)):
+        row[c] = (row[c] + d) % 1
+    ours = codec.decode_frame(row.drop(columns=["valid_xtal", "error"]))
+    assert not ours["valid_xtal"].iloc[0] and "from Wyckoff position" in ours["error"].iloc[0]
+    assert codec.pyxtal_verdicts(row).tolist() == [[1, 1]]
