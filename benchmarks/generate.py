@@ -119,7 +119,7 @@ def quality(decoded: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
     return {"valid_share": float(decoded["valid_xtal"].mean()),
             "valid_share_no_distance_check": float((decoded["valid_xtal"] | overlap).mean()),
             **dict(zip(("pyxtal_valid", "pyxtal_valid_lost_a_site"),
-                       pyxtal_decode(decoded.drop(columns="n_sites"))[1:])),
+                       pyxtal_decode(decoded)[1:])),
             "training_structures_regenerated": int(m["train_parent"].nunique()),
             "rows_regenerating_training": int(m["id"].nunique()),
             "symmetries": len(syms),

@@ -141,9 +141,8 @@ def main() -> None:
             out, res[label] = scored(enc, x, train_syms)
             if label == "as sampled":
                 res["reasons (as sampled)"] = reasons(out)
-                rows = out.drop(columns="n_sites")  # pyxtal's count: the row's own sites
                 _, res[label]["pyxtal_decoder"], res[label]["pyxtal_lost_a_site"] = \
-                    pyxtal_decode(rows)
+                    pyxtal_decode(out)
         results[name] = res
     OUT.mkdir(exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps(results, indent=1))

@@ -453,15 +453,16 @@ def _quiet_stdout() -> Iterator[None]:
 
 def pyxtal_verdicts(df: pd.DataFrame) -> np.ndarray:
     """What pyxtal's own decoder (``from_tabular_representation``, the paper's
-    validity) says of each row: (n, 2) ints, [valid, sites it kept]; it drops a site
-    it cannot place and still calls the crystal valid, so compare the sites kept with
-    the row's (``(df[S.WP] >= 0).sum(1)``)."""
+    validity) says of each row: (n, 2) bools, [valid, valid with fewer sites than
+    the row has] -- it drops a site it cannot place and still calls the crystal valid."""
     from pyxtal import pyxtal
 
-    out = np.zeros((len(df), 2), dtype=int)
+    out = np.zeros((len(df), 2), dtype=bool)
     for k, row in enumerate(df.to_dict("records")):
         rep = [row["spg"], *[row[c] for c in S.LENGTHS], *np.radians([row[c] for c in S.ANGLES])]
+        used = 0
         for wp, xyz in zip(S.WP, S.XYZ):
+            used += row[wp] >= 0
             rep += [row[wp], *(row[c] for c in xyz)] if row[wp] >= 0 else [-1, -1, -1, -1]
         x = pyxtal()
         try:
@@ -469,7 +470,7 @@ def pyxtal_verdicts(df: pd.DataFrame) -> np.ndarray:
                 x.from_tabular_representation(np.nan_to_num(np.array(rep, float), nan=-1.0))
         except Exception:  # pyxtal's own failure: not valid by its measure either
             continue
-        out[k] = [bool(x.valid), len(x.atom_sites) if x.valid else 0]
+        out[k] = [x.valid, x.valid and len(x.atom_sites) < used]
     return out
 
 

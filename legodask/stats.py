@@ -85,11 +85,8 @@ def _counts(df: pd.DataFrame) -> np.ndarray:
 def _pyxtal_counts(df: pd.DataFrame, k: int) -> np.ndarray:
     """Of the first ``k`` rows: rows, valid by pyxtal's decoder, and of those the
     ones it kept with fewer sites than the row has."""
-    head = df.iloc[:k]
-    verdicts = codec.pyxtal_verdicts(head)
-    valid = verdicts[:, 0] == 1
-    lost = valid & (verdicts[:, 1] < (head[S.WP] >= 0).sum(1).to_numpy())
-    return np.array([len(head), int(valid.sum()), int(lost.sum())])
+    verdicts = codec.pyxtal_verdicts(df.iloc[:k])
+    return np.array([len(verdicts), *verdicts.sum(0)])
 
 
 def _histograms(df: pd.DataFrame) -> np.ndarray:

@@ -90,9 +90,9 @@ def test_pyxtal_decoder_keeps_a_crystal_without_a_site_ours_rejects(sacada_db: P
     the crystal valid; legodask calls the row invalid and says why."""
     train = training_table(sacada_db, n_structures=12)
     row = train[(train["n_sites"] >= 2) & (train["wp1"] > 0)].iloc[[0]].copy()
-    assert codec.pyxtal_verdicts(row).tolist() == [[1, 2]]
+    assert codec.pyxtal_verdicts(row).tolist() == [[True, False]]
     for c, d in zip(S.XYZ[1], (0.21, 0.13, 0.07)):
         row[c] = (row[c] + d) % 1
     ours = codec.decode_frame(row.drop(columns=["valid_xtal", "error"]))
     assert not ours["valid_xtal"].iloc[0] and "from Wyckoff position" in ours["error"].iloc[0]
-    assert codec.pyxtal_verdicts(row).tolist() == [[1, 1]]
+    assert codec.pyxtal_verdicts(row).tolist() == [[True, True]]  # valid, a site lost
