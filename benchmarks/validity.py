@@ -10,7 +10,8 @@ Wyckoff position, a Wyckoff index the group does not have, other) and the share
 valid when the same model draws differently: a VAE without the learnt sigma noise,
 from its prior at temperature 0.5, from the aggregate posterior of the training
 rows; a GAN with its categories by the argmax of the logits instead of Gumbel
-samples.  Nothing here changes the criterion.
+samples.  Nothing here changes the criterion.  A model's encoder says how it wrote
+sites (``legodask encode --sites``): as given, or in their Wyckoff generator's form.
 
     python benchmarks/validity.py --run RUN --models vae-cont,gan40 [--n 4000]
 """
@@ -136,7 +137,7 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         model, enc = models.load(run.model_dir(name))
-        res = {}
+        res = {"sites": enc.sites}
         for label, x in variants(model, enc, args.n, args.seed, train).items():
             out, res[label] = scored(enc, x, train_syms)
             if label == "as sampled":
@@ -149,16 +150,16 @@ def main() -> None:
     cmd = f"OMP_NUM_THREADS=1 python benchmarks/validity.py {' '.join(sys.argv[1:])}"
     lines = [f"## validity: why sampled rows are invalid ({len(train):,} training rows)", "",
              f"Command: `{cmd}`", "",
-             "| model | drawn | valid % | valid % without the distance check "
+             "| model | sites encoded | drawn | valid % | valid % without the distance check "
              "| pyxtal's decoder: 'valid' % (of which lost a site) | symmetries (new) |",
-             "| --- | --- | --- | --- | --- | --- |"]
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, res in results.items():
         for label, r in res.items():
-            if label.startswith("reasons"):
+            if label.startswith("reasons") or label == "sites":
                 continue
             pyx = (f"{100 * r['pyxtal_decoder']:.1f} ({100 * r['pyxtal_lost_a_site']:.1f})"
                    if "pyxtal_decoder" in r else "")
-            lines.append(f"| {name} | {label} | {100 * r['valid']:.1f} | "
+            lines.append(f"| {name} | {res['sites']} | {label} | {100 * r['valid']:.1f} | "
                          f"{100 * r['valid_pyxtal']:.1f} | {pyx} | "
                          f"{r['symmetries']} ({r['new_symmetries']}) |")
     lines += ["", "Reasons of the rows as sampled (share of all rows; overlaps classified by "

@@ -19,7 +19,7 @@ import io
 import math
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -90,6 +90,14 @@ def wyckoff_ops(spg: int, index: int) -> WyckoffOps:
     basis = np.array(bases).reshape(len(A), 3, dof)
     return WyckoffOps(spg, index, wp.letter, wp.multiplicity, A, t % 1.0, basis,
                       np.array(pinvs), dof)
+
+
+@functools.lru_cache(maxsize=None)
+def generator_ops(spg: int, index: int) -> WyckoffOps:
+    """Wyckoff position ``index`` of group ``spg`` reduced to its first orbit member,
+    the generator: projecting onto it gives the nearest point of the generator's form."""
+    ops = wyckoff_ops(spg, index)
+    return replace(ops, A=ops.A[:1], t=ops.t[:1], basis=ops.basis[:1], pinv=ops.pinv[:1])
 
 
 # Lattice shifts tried by the projection, the zero shift first (ties prefer it).
@@ -592,19 +600,8 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     v = _FrameArrays(df, default_element)
     error = np.full(n, None, dtype=object)
     fast, fails, n_wp = v.checks()
-    rows = np.flatnonzero(fast)
-    cell = np.full((n, 6), np.nan)
-    G = np.full((n, 3, 3), np.nan)
-    lattice = np.full(n, "", dtype=object)
-    for spg in np.unique(v.spg[rows]):
-        r = rows[v.spg[rows] == spg]
-        lattice[r] = group_info(int(spg))[0]
-        cell[r] = symmetrize_cell(v.cell[r], lattice[r[0]])
-    G[rows] = metric_tensor(cell[rows])
-    det = np.linalg.det(G[rows])
-    fast[rows[~(det > 1e-6)]] = False                  # the row-wise path says why
-    volume = np.full(n, np.nan)
-    volume[rows] = np.sqrt(np.where(det > 1e-6, det, 1.0))
+    cell, G, lattice, volume = _frame_cells(v, fast)
+    fast &= volume > 0                                 # the row-wise path says why
     # the row-wise order of checks, site by site: the checks before its projection,
     # the projection, the atom count; sites after a failed check are not projected
     k = np.arange(S.MAX_SITES)
@@ -654,6 +651,26 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
 
 # the columns that decoding rewrites
 _REWRITTEN = [*S.CELL, *S.WP, *S.EL, *S.XYZ_FLAT, *S.DERIVED]
+
+
+def _frame_cells(v: _FrameArrays, rows: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(cell, metric, lattice type, volume)`` of the ``rows`` (a mask) of a frame, each
+    cell symmetrised for its group; volume 0 where the angles give none (NaN elsewhere)."""
+    n = len(v.spg)
+    rows = np.flatnonzero(rows)
+    cell = np.full((n, 6), np.nan)
+    G = np.full((n, 3, 3), np.nan)
+    lattice = np.full(n, "", dtype=object)
+    for spg in np.unique(v.spg[rows]):
+        r = rows[v.spg[rows] == spg]
+        lattice[r] = group_info(int(spg))[0]
+        cell[r] = symmetrize_cell(v.cell[r], lattice[r[0]])
+    G[rows] = metric_tensor(cell[rows])
+    det = np.linalg.det(G[rows])
+    volume = np.full(n, np.nan)
+    volume[rows] = np.where(det > 1e-6, np.sqrt(np.where(det > 1e-6, det, 1.0)), 0.0)
+    return cell, G, lattice, volume
 
 
 class _FrameArrays:
@@ -706,6 +723,18 @@ def _project_sites(v: _FrameArrays, sites: np.ndarray, G: np.ndarray,
     out = _Projected(np.full((n, S.MAX_SITES, 3), np.nan), np.full((n, S.MAX_SITES, 3), np.nan),
                      np.full((n, S.MAX_SITES), np.inf), np.zeros((n, S.MAX_SITES), np.int64),
                      np.zeros((n, S.MAX_SITES), np.int64))
+    for ops, ri, ki in _site_batches(v, sites, chunk):
+        point, free, moved = project_many(ops, v.xyz[ri, ki], G[ri])
+        out.point[ri, ki], out.free[ri, ki], out.moved[ri, ki] = point, free, moved
+        out.mult[ri, ki] = ops.multiplicity
+        out.dof[ri, ki] = ops.dof
+    return out
+
+
+def _site_batches(v: _FrameArrays, sites: np.ndarray, chunk: int
+                  ) -> Iterator[tuple[WyckoffOps, np.ndarray, np.ndarray]]:
+    """``(Wyckoff position, rows, site indices)`` of the ``sites`` (a (rows, MAX_SITES)
+    mask), one Wyckoff position at a time, in batches of about ``chunk`` orbit points."""
     r, k = np.nonzero(sites)
     keys = v.spg[r] * 10_000 + v.wp[r, k]
     order = np.argsort(keys, kind="stable")
@@ -717,12 +746,51 @@ def _project_sites(v: _FrameArrays, sites: np.ndarray, G: np.ndarray,
         ops = wyckoff_ops(int(v.spg[rr[0]]), int(v.wp[rr[0], kk[0]]))
         step = max(1, chunk // len(ops.A))
         for s in range(0, len(rr), step):
-            ri, ki = rr[s:s + step], kk[s:s + step]
-            point, free, moved = project_many(ops, v.xyz[ri, ki], G[ri])
-            out.point[ri, ki], out.free[ri, ki], out.moved[ri, ki] = point, free, moved
-        out.mult[rr, kk] = ops.multiplicity
-        out.dof[rr, kk] = ops.dof
-    return out
+            yield ops, rr[s:s + step], kk[s:s + step]
+
+
+def to_generators(df: pd.DataFrame, snap: bool = False, chunk: int = 4096) -> pd.DataFrame:
+    """Every special site of a frame written on its Wyckoff generator's subspace (the
+    orbit's first member: pyxtal's ``(0, 0, z)`` of 4e, whichever atom a row named).
+
+    ``snap=False`` (training rows): a site on its position moves to the first, in
+    (x, y, z) order, of its orbit's atoms on that subspace -- the same crystal, each
+    special site written one way, so that a tabular model learns the coordinates a
+    position fixes as constants of its Wyckoff index.  A general site stays as given
+    (every atom of its orbit is a generator).  ``snap=True`` (model output in that
+    form): the nearest point of the generator's subspace, so that those coordinates
+    are the group's, not the model's.  Sites of rows whose group, cell or Wyckoff
+    index are wrong stay as they are (the decoder says why); other columns pass through.
+    """
+    df = S.conform(df)
+    v = _FrameArrays(df, None)
+    fast, fails, _ = v.checks()
+    _, G, _, volume = _frame_cells(v, fast)
+    ok = (fails != WYCKOFF_INDEX) & (fails != COORDINATES)
+    sites = v.used & ok & (fast & (volume > 0))[:, None]
+    xyz = v.xyz.copy()
+    for ops, ri, ki in _site_batches(v, sites, chunk):
+        gen = generator_ops(ops.spg, ops.index)
+        if snap:
+            xyz[ri, ki] = project_many(gen, v.xyz[ri, ki], G[ri])[0]
+        elif ops.dof < 3:
+            xyz[ri, ki] = _first_on_generator(ops, gen, v.xyz[ri, ki], G[ri])
+    return df.assign(**dict(zip(S.XYZ_FLAT, xyz.reshape(len(df), 3 * S.MAX_SITES).T)))
+
+
+def _first_on_generator(ops: WyckoffOps, gen: WyckoffOps, xyz: np.ndarray,
+                        metric: np.ndarray) -> np.ndarray:
+    """Of each site's orbit, the atom on the generator's subspace that comes first in
+    (x, y, z) order (to 1e-6); (m, 3) for sites ``xyz`` on their position ``ops``."""
+    m, J = len(xyz), len(ops.A)
+    orbit = orbit_many(ops, project_many(ops, xyz, metric)[1])                 # (m, J, 3)
+    moved = project_many(gen, orbit.reshape(-1, 3), np.repeat(metric, J, axis=0))[2]
+    r = np.where((moved.reshape(m, J) < 1e-6)[..., None], np.round(orbit, 6), np.inf)
+    keep = np.ones((m, J), bool)
+    for a in range(3):
+        ra = np.where(keep, r[..., a], np.inf)
+        keep &= ra == ra.min(axis=1, keepdims=True)
+    return orbit[np.arange(m), np.argmax(keep, axis=1)]
 
 
 def _overlaps(v: _FrameArrays, proj: _Projected, rows: np.ndarray, cell: np.ndarray,

@@ -9,6 +9,13 @@ sites (NaN) get a mode of their own, so padding is learnt like any other value. 
 "dis" mode every column is discrete: cell and coordinates are binned with
 ``codec.Grid``.
 
+Sites are encoded as the table gives them (``sites="as-given"``: any atom of an orbit
+may represent it, as the augmentation's swaps write them) or in their Wyckoff
+generator's form (``sites="generator"``, ``codec.to_generators``): then the coordinates
+a special position fixes are constants of its Wyckoff index in the training data, and
+decoding reads them from the group, so that a sampled site is always on the position
+it names.
+
 The encoded training matrix is written to ``RUN/features.zarr`` (chunked by rows, the
 encoder in its attributes) so that training streams it.
 """
@@ -32,12 +39,13 @@ import numpy as np
 import pandas as pd
 
 from . import schema as S
-from .codec import Grid
+from .codec import Grid, to_generators
 from .store import Run
 
 log = logging.getLogger("legodask")
 
 MODES = ("cont", "dis")
+SITES = ("as-given", "generator")
 FEATURES = "features.zarr"
 CONTINUOUS = [*S.CELL, *S.XYZ_FLAT]
 # Unused-site coordinates, element and Wyckoff padding are encoded as this category.
@@ -143,13 +151,17 @@ def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
 
 
 class Encoder:
-    """Table rows <-> feature matrix, in ``"cont"`` or ``"dis"`` mode."""
+    """Table rows <-> feature matrix, in ``"cont"`` or ``"dis"`` mode, sites as given
+    or in their generator's form."""
 
     def __init__(self, mode: str, columns: Sequence[Categorical | Mixture],
-                 element: str | None, grid: Grid | None = None):
+                 element: str | None, grid: Grid | None = None, sites: str = "as-given"):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        if sites not in SITES:
+            raise ValueError(f"sites must be one of {SITES}, not {sites!r}")
         self.mode = mode
+        self.sites = sites
         self.columns = list(columns)
         self.element = element
         self.grid = grid or Grid()
@@ -176,6 +188,8 @@ class Encoder:
     def transform(self, df: pd.DataFrame, dtype: Any = np.float32) -> np.ndarray:
         """Feature matrix of a partition of the structure table."""
         df = S.conform(df)
+        if self.sites == "generator":
+            df = to_generators(df)
         if self.mode == "dis":
             df = self.grid.to_bins(df)
         out = np.zeros((len(df), self.width), dtype=dtype)
@@ -197,7 +211,8 @@ class Encoder:
         """Table rows (structure columns, not yet decoded) of a feature matrix; one-hot
         blocks are read by their argmax.  A site's Wyckoff column decides whether it
         is used: the coordinates of a used site are read from their real modes (or
-        bins) only, never from the padding mode, and those of an unused site are NaN."""
+        bins) only, never from the padding mode, and those of an unused site are NaN.
+        Sites encoded in their generator's form are snapped onto it."""
         offsets = dict(zip((c.column for c in self.columns),
                            np.cumsum([0, *(c.dim for c in self.columns)])))
         cols: dict[str, Any] = {}
@@ -234,18 +249,20 @@ class Encoder:
             for c in S.XYZ[k]:   # fractional coordinates are periodic: wrap far outliers
                 x = df[c]
                 df[c] = x.where((x > -1e-6) & (x < 1 + 1e-6), x % 1.0).where(used)
-        return S.conform(df)
+        return to_generators(df, snap=True) if self.sites == "generator" else S.conform(df)
 
     # -- persistence ---------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "element": self.element, "grid": asdict(self.grid),
+        return {"mode": self.mode, "sites": self.sites, "element": self.element,
+                "grid": asdict(self.grid),
                 "columns": [{"type": type(c).__name__, **asdict(c)} for c in self.columns]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Encoder:
         types = {"Categorical": Categorical, "Mixture": Mixture}
         columns = [types[c.pop("type")](**c) for c in (dict(c) for c in d["columns"])]
-        return cls(d["mode"], columns, d["element"], Grid(**d["grid"]))
+        return cls(d["mode"], columns, d["element"], Grid(**d["grid"]),
+                   d.get("sites", "as-given"))
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_dict()))
@@ -261,12 +278,14 @@ def _python(v: Any) -> Any:
 
 
 def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
-        grid: Grid | None = None, seed: int = 0) -> Encoder:
+        grid: Grid | None = None, seed: int = 0, sites: str = "generator") -> Encoder:
     """Fit an encoder on a training table (pandas or dask): categories from every row,
     mixtures on a random sample of at most ``fit_rows`` rows."""
     import dask.dataframe as dd
 
     ddf = df_or_ddf if isinstance(df_or_ddf, dd.DataFrame) else dd.from_pandas(df_or_ddf, npartitions=1)
+    if sites == "generator":
+        ddf = ddf.map_partitions(to_generators, meta=to_generators(ddf._meta))
     grid = grid or Grid()
     parts = dask.compute(*[dask.delayed(_rows_and_elements)(p) for p in ddf[S.EL].to_delayed()])
     n = sum(rows for rows, _ in parts)
@@ -291,7 +310,8 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
                    for c, vals in zip(discrete, values)]
         columns += [fit_mixture(c, sample_df[c].to_numpy(float), bool(has_nan), max_modes, seed)
                     for c, has_nan in zip(CONTINUOUS, values[len(discrete):-1])]
-    return Encoder(mode, columns, next(iter(element_set)) if single and element_set else None, grid)
+    return Encoder(mode, columns, next(iter(element_set)) if single and element_set else None,
+                   grid, sites)
 
 
 def _rows_and_elements(p: pd.DataFrame) -> tuple[int, set[str]]:
@@ -312,14 +332,15 @@ def valid_rows(p: pd.DataFrame) -> pd.DataFrame:
 
 
 def encode_stage(run: Run, mode: str, input: str = "augmented", chunk_rows: int = 16_384,
-                 max_modes: int = 10, fit_rows: int = 20_000, seed: int = 0) -> Encoder:
+                 max_modes: int = 10, fit_rows: int = 20_000, seed: int = 0,
+                 sites: str = "generator") -> Encoder:
     """Fit the encoder on table ``input`` and write its encoded valid rows to
     ``RUN/features.zarr`` (rows chunked by ``chunk_rows``; the encoder, mode and
     source table in the array's attributes)."""
     import zarr
 
     ddf = run.read(input).map_partitions(valid_rows)
-    enc = fit(ddf, mode, max_modes=max_modes, fit_rows=fit_rows, seed=seed)
+    enc = fit(ddf, mode, max_modes=max_modes, fit_rows=fit_rows, seed=seed, sites=sites)
     parts = ddf.to_delayed()
     lengths = dask.compute(*[dask.delayed(len)(p) for p in parts])
     blocks = [da.from_delayed(dask.delayed(enc.transform)(p), (n, enc.width), np.float32)
@@ -335,8 +356,8 @@ def encode_stage(run: Run, mode: str, input: str = "augmented", chunk_rows: int 
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    log.info("encoded %d rows of %s into %s (%s mode, %d features)", x.shape[0], input, out,
-             mode, enc.width)
+    log.info("encoded %d rows of %s into %s (%s mode, sites %s, %d features)", x.shape[0],
+             input, out, mode, sites, enc.width)
     return enc
 
 
@@ -352,6 +373,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--mode", choices=MODES, default="cont",
                         help="cont: one-hot + Bayesian GMM; dis: everything binned")
+    parser.add_argument("--sites", choices=SITES, default="generator",
+                        help="generator (default): each special site on its Wyckoff "
+                        "generator, so that sampled sites are always on their positions; "
+                        "as-given: as the table writes them (any atom of an orbit)")
     parser.add_argument("--input", default="augmented", help="training table")
     parser.add_argument("--chunk-rows", type=int, default=16_384, help="rows per Zarr chunk")
     parser.add_argument("--max-modes", type=int, default=10, help="mixture modes per column")
@@ -362,7 +387,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     enc = encode_stage(Run(args.run), args.mode, args.input, args.chunk_rows, args.max_modes,
-                       args.fit_rows, args.seed)
-    print(f"{args.run}/{FEATURES}: {enc.width} features ({args.mode})")
+                       args.fit_rows, args.seed, args.sites)
+    print(f"{args.run}/{FEATURES}: {enc.width} features ({args.mode}, sites {args.sites})")
     return 0
 

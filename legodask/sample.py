@@ -73,8 +73,10 @@ def draw(model: models.TabularModel, encoder: Encoder, n: int, generator: torch.
 
 
 def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
-                     spgs: Sequence[int] | None = None, batch_rows: int = 10_000) -> pd.DataFrame:
-    """Partition ``part`` of a sample: ``n`` decoded rows, ids ``<name>-<part>-<i>``."""
+                     spgs: Sequence[int] | None = None, batch_rows: int = 10_000,
+                     min_distance: float = 0.6) -> pd.DataFrame:
+    """Partition ``part`` of a sample: ``n`` decoded rows, ids ``<name>-<part>-<i>``
+    (atoms closer than ``min_distance`` Å make a row invalid)."""
     stamp = (Path(model_dir) / models.BEST).stat().st_mtime
     model, encoder = _load(model_dir, stamp)
     generator = torch.Generator().manual_seed(part_seed(seed, part))
@@ -83,7 +85,7 @@ def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
         df = draw(model, encoder, min(batch_rows, n - start), generator, spgs)
         df["id"] = [f"{name}-{part}-{i}" for i in range(start, start + len(df))]
         df["source"] = name
-        frames.append(codec.decode_frame(df))
+        frames.append(codec.decode_frame(df, min_distance=min_distance))
     if not frames:
         return S.empty_frame()
     return pd.concat(frames, ignore_index=True)
@@ -91,9 +93,11 @@ def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
 
 def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int] | None = None,
                  rows_per_part: int = 50_000, table: str = TABLE,
-                 batch_rows: int = 10_000) -> StageResult:
+                 batch_rows: int = 10_000, min_distance: float = 0.6) -> StageResult:
     """Write ``n`` decoded rows of model ``model`` as table ``table``, one task per
-    partition of ``rows_per_part`` rows."""
+    partition of ``rows_per_part`` rows; ``min_distance=0`` keeps crystals whose atoms
+    overlap as valid (the paper's decoder checks no distances), for the pre-relaxation
+    to pull apart."""
     model_dir = run.model_dir(model)
     if not (model_dir / models.BEST).exists():
         raise FileNotFoundError(f"no trained model {model!r} in {run.path} (run legodask train)")
@@ -106,9 +110,10 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
         spgs = sorted(set(spgs))
     sizes = [min(rows_per_part, n - s) for s in range(0, n, rows_per_part)]
     parts = [dask.delayed(sample_partition, pure=False)(str(model_dir), model, size, seed, i,
-                                                        spgs, batch_rows)
+                                                        spgs, batch_rows, min_distance)
              for i, size in enumerate(sizes)]
-    info: dict[str, Any] = {"model": model, "n": n, "seed": seed, "spgs": spgs}
+    info: dict[str, Any] = {"model": model, "n": n, "seed": seed, "spgs": spgs,
+                            "min_distance": min_distance}
     return run.write(table, parts, S.empty_frame(), desc=f"sample {model}", **info)
 
 
@@ -123,10 +128,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-rows", type=int, default=10_000,
                         help="rows drawn and decoded at a time within a partition")
     parser.add_argument("--table", default=TABLE, help="table to write")
+    parser.add_argument("--min-distance", type=float, default=0.6,
+                        help="atoms closer than this (Å) make a row invalid; 0 keeps "
+                        "overlapping crystals for the pre-relaxation, as the paper does")
 
 
 def command(args: argparse.Namespace) -> int:
     result = sample_stage(Run(args.run), args.model, args.n, args.seed, args.spg,
-                          args.rows_per_part, args.table, args.batch_rows)
+                          args.rows_per_part, args.table, args.batch_rows, args.min_distance)
     print(result)
     return 0

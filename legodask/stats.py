@@ -115,8 +115,10 @@ def _x_bucket(x: pd.Series) -> np.ndarray:
 
 
 def training_keys(df: pd.DataFrame) -> pd.DataFrame:
-    """The columns of a training partition that the match needs, with its buckets."""
-    v = valid_rows(df)
+    """The columns of a training partition that the match needs, with its buckets
+    (sites in their generator's form, so that a row naming other atoms of the same
+    special orbits matches)."""
+    v = codec.to_generators(valid_rows(df))
     out = _join_keys(v)
     out["abin"] = np.floor(v["a"].to_numpy(float) / _A_BUCKET).astype(np.int64)
     out["xbin"] = _x_bucket(v["x0"])
@@ -130,8 +132,8 @@ def training_keys(df: pd.DataFrame) -> pd.DataFrame:
 
 def match_training(df: pd.DataFrame, train: pd.DataFrame, tol: Tolerance) -> pd.DataFrame:
     """Pairs (sample ``id``, ``train_id``, ``train_parent``) of the valid rows of a
-    partition that equal a training row within ``tol``."""
-    v = valid_rows(df)
+    partition that equal a training row within ``tol``, both in the generator's form."""
+    v = codec.to_generators(valid_rows(df))
     probe = _join_keys(v)
     probe["id"] = v["id"].astype(str).to_numpy()
     for c in [*S.CELL, *S.XYZ_FLAT]:

@@ -15,7 +15,7 @@ from typing import Any
 import dask
 
 from . import cluster, models
-from .encode import FEATURES, MODES, encode_stage, open_features
+from .encode import FEATURES, MODES, SITES, encode_stage, open_features
 from .store import Run
 
 log = logging.getLogger("legodask")
@@ -39,14 +39,16 @@ def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool =
 
 def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
                 name: str | None = None, input: str = "augmented", resume: bool = True,
-                seed: int = 0, **hparams: Any) -> dict[str, Any]:
-    """Encode (when ``features.zarr`` is missing or of another mode or table) and train."""
+                seed: int = 0, sites: str | None = None, **hparams: Any) -> dict[str, Any]:
+    """Encode (when ``features.zarr`` is missing or of another mode, sites form or
+    table; ``sites=None`` keeps the existing features' form) and train."""
     if not run.file(FEATURES).exists():
-        encode_stage(run, mode, input)
+        encode_stage(run, mode, input, sites=sites or "generator")
     else:
         array, encoder = open_features(run)
-        if encoder.mode != mode or array.attrs.get("source") != input:
-            encode_stage(run, mode, input)
+        if (encoder.mode != mode or array.attrs.get("source") != input
+                or encoder.sites != (sites or encoder.sites)):
+            encode_stage(run, mode, input, sites=sites or encoder.sites)
     name = name or f"{kind}-{mode}"
     annotations = {"resources": cluster.GPU_RESOURCE} if cluster.has_gpu_worker() else {}
     with dask.annotate(**annotations):
@@ -61,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory")
     parser.add_argument("--model", choices=models.KINDS, required=True)
     parser.add_argument("--mode", choices=MODES, default="cont")
+    parser.add_argument("--sites", choices=SITES, default=None,
+                        help="how sites are encoded (legodask encode --sites; default: "
+                        "as the run's features are, generator when there are none)")
     parser.add_argument("--epochs", type=int, default=250, help="epochs in all (paper: 250-1000)")
     parser.add_argument("--name", help="model name (default <model>-<mode>)")
     parser.add_argument("--input", default="augmented", help="training table")
@@ -95,6 +100,6 @@ def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def command(args: argparse.Namespace) -> int:
     summary = train_stage(Run(args.run), args.model, args.mode, args.epochs, args.name,
-                          args.input, not args.fresh, args.seed, **hparams_of(args))
+                          args.input, not args.fresh, args.seed, args.sites, **hparams_of(args))
     print(summary)
     return 0

@@ -140,3 +140,53 @@ def test_reference_layout():
     df = pd.DataFrame([vals], columns=[str(i) for i in range(39)])
     rows = codec.decode_frame(codec.from_reference_layout(df))
     assert rows["valid_xtal"][0] and rows["natoms"][0] == 8 and rows["alpha"][0] == 90
+
+
+def _orbits(row) -> list[np.ndarray]:
+    """Each site's orbit, sorted, as fractional coordinates in [0, 1)."""
+    dec = codec.decode_row(row, check_distances=False)
+    return [np.array(sorted(map(tuple, np.round(s.orbit() % 1.0, 8) % 1.0))) for s in dec.sites]
+
+
+def test_generator_form_is_the_same_crystal_written_one_way(sacada_rows):
+    """Rows naming any atom of each orbit all become the generator's form: the same
+    orbits, and the coordinates a special position fixes the same in every row."""
+    checked = 0
+    for db_id, _, row in sacada_rows[:40]:
+        if not row["valid_xtal"] or row["n_sites"] > S.MAX_SITES:
+            continue
+        xtal = codec.row_to_pyxtal(row)
+        mult = min(s.wp.multiplicity for s in xtal.atom_sites)
+        swaps = pd.DataFrame([codec.pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites))
+                              for j in range(mult)])
+        gen = codec.to_generators(swaps)
+        for (_, a), (_, b) in zip(swaps.iterrows(), gen.iterrows()):
+            assert all(np.allclose(p, q, atol=1e-7) for p, q in zip(_orbits(a), _orbits(b)))
+        for k in range(row["n_sites"]):
+            ops = codec.generator_ops(row["spg"], row[f"wp{k}"])
+            xyz = gen[S.XYZ[k]].to_numpy(float)
+            G = codec.metric_tensor(codec.symmetrize_cell(gen[S.CELL].to_numpy(float)[0],
+                                                          codec.group_info(row["spg"])[0]))
+            moved = codec.project_many(ops, xyz, np.repeat(G[None], len(xyz), 0))[2]
+            assert np.all(moved < 1e-6), (db_id, k)      # on the generator's own subspace
+            if ops.dof < 3:
+                fixed = ~np.any(ops.A[0] != 0, axis=1)    # components the position fixes
+                assert np.allclose(xyz[:, fixed], xyz[0, fixed], atol=1e-7), (db_id, k)
+        np.testing.assert_allclose(codec.to_generators(gen)[S.XYZ_FLAT].to_numpy(float),
+                                   gen[S.XYZ_FLAT].to_numpy(float), atol=1e-6)
+        checked += mult > 1
+    assert checked >= 10
+
+
+def test_snapping_onto_the_generator_reads_fixed_coordinates_from_the_group():
+    """Diamond 8a with a site far off: invalid as given, 8 atoms once snapped."""
+    row = codec.pyxtal_to_row(codec.atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
+    far = pd.DataFrame([dict(row, x0=0.4, y0=0.1, z0=0.3)])
+    assert not codec.decode_frame(far)["valid_xtal"][0]
+    snapped = codec.decode_frame(codec.to_generators(far, snap=True))
+    assert snapped["valid_xtal"][0] and snapped["natoms"][0] == 8
+    np.testing.assert_allclose(snapped[S.XYZ[0]].to_numpy(float)[0], [row[c] for c in S.XYZ[0]],
+                               atol=1e-12)
+    # a garbage row passes through for the decoder to word
+    bad = pd.DataFrame([dict(row, wp0=99)])
+    assert codec.to_generators(bad, snap=True)["x0"][0] == row["x0"]

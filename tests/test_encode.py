@@ -72,7 +72,7 @@ def test_cont_round_trip_within_1e6(table: pd.DataFrame, cont: E.Encoder) -> Non
     onehots = [s for s in enc.spans if s.kind == "onehot"]
     assert all(np.all(x[:, s.offset:s.offset + s.dim].sum(1) == 1) for s in onehots)
     back = enc.inverse_transform(x)
-    _assert_same(table, back, atol=1e-6)
+    _assert_same(codec.to_generators(table), back, atol=1e-6)   # special sites on generators
     # unused sites' coordinates have their own (NaN) mode, and come back as NaN
     assert back["x7"].isna().all() and back["wp7"].eq(-1).all()
     assert back["el0"].eq("C").all()
@@ -81,7 +81,8 @@ def test_cont_round_trip_within_1e6(table: pd.DataFrame, cont: E.Encoder) -> Non
 def test_dis_round_trip_exact_on_grid(table: pd.DataFrame) -> None:
     grid = codec.Grid()
     on_grid = S.conform(grid.from_bins(grid.to_bins(table)))
-    enc = E.fit(on_grid, "dis", grid=grid)
+    # as given: the generator's atom of an orbit on the grid need not be on it
+    enc = E.fit(on_grid, "dis", grid=grid, sites="as-given")
     back = enc.inverse_transform(enc.transform(on_grid))
     _assert_same(on_grid, back, atol=0)
     assert all(s.kind == "onehot" for s in enc.spans)
@@ -128,9 +129,42 @@ def test_encode_stage_writes_chunked_zarr(table: pd.DataFrame, tmp_path: Path) -
     assert arr.chunks == (8, enc.width)
     assert enc2.to_dict() == enc.to_dict()
     back = enc2.inverse_transform(arr[:])
-    _assert_same(table.reset_index(drop=True), back, atol=1e-5)
+    _assert_same(codec.to_generators(table).reset_index(drop=True), back, atol=1e-5)
     # the command line re-encodes in the other mode
     assert cli.main(["encode", "--run", str(run.path), "--mode", "dis"]) == 0
     arr, enc3 = E.open_features(run)
     assert enc3.mode == "dis" and arr.shape == (len(table), enc3.width)
     assert set(np.unique(arr[:])) == {0.0, 1.0}
+    assert enc3.sites == "generator"
+    assert cli.main(["encode", "--run", str(run.path), "--sites", "as-given"]) == 0
+    assert E.open_features(run)[1].sites == "as-given"
+
+
+def test_generator_sites_round_trip_and_always_decode_on_position(table: pd.DataFrame) -> None:
+    """``sites="generator"``: the rows come back in the generator's form (the same
+    crystals), and features whose fixed coordinates are noise still decode with every
+    site on the position it names."""
+    enc = E.fit(table, "cont")
+    assert enc.sites == "generator" and E.Encoder.from_dict(enc.to_dict()).sites == "generator"
+    x = enc.transform(table, dtype=np.float64)
+    _assert_same(codec.to_generators(table), enc.inverse_transform(x), atol=1e-6)
+    # the orbit swaps of one crystal encode alike: one way of writing each site
+    first = table["id"].str.rsplit("-", n=1).str[0]
+    same = first == first.iloc[0]
+    assert same.sum() > 1 and np.allclose(x[same.to_numpy()], x[same.to_numpy()][0], atol=1e-6)
+    # noise on every scalar (the coordinates a position fixes included)
+    rng = np.random.default_rng(0)
+    noisy = x.copy()
+    scalars = [s.offset for s in enc.spans if s.kind == "scalar"]
+    noisy[:, scalars] = np.clip(noisy[:, scalars] + rng.normal(0, 0.3, (len(x), len(scalars))), -1, 1)
+    as_given = E.Encoder(enc.mode, enc.columns, enc.element, enc.grid, "as-given")
+    off = codec.decode_frame(as_given.inverse_transform(noisy))["error"].fillna("")
+    snapped = codec.decode_frame(enc.inverse_transform(noisy))["error"].fillna("")
+    assert off.str.contains("from Wyckoff position").any()
+    assert not snapped.str.contains("from Wyckoff position").any()
+
+
+def test_encoders_saved_before_the_sites_option_load_as_given(cont: E.Encoder) -> None:
+    d = cont.to_dict()
+    d.pop("sites")
+    assert E.Encoder.from_dict(d).sites == "as-given"

@@ -41,6 +41,19 @@ def test_same_seed_same_rows(trained: Run) -> None:
     assert part_seed(3, 1) != part_seed(3, 2) != part_seed(4, 1)
 
 
+def test_min_distance_decides_which_overlapping_crystals_are_valid(trained: Run) -> None:
+    d = str(trained.model_dir("vae-cont"))
+    strict = sample_partition(d, "vae-cont", 100, seed=3, part=1)
+    lax = sample_partition(d, "vae-cont", 100, seed=3, part=1, min_distance=0.0)
+    assert strict["valid_xtal"].any() and (lax["valid_xtal"] >= strict["valid_xtal"]).all()
+    kept = lax["valid_xtal"] & ~strict["valid_xtal"]
+    assert strict.loc[kept, "error"].str.contains("on top of each other").all()
+    # far apart is asked of every pair: the rows valid before are now overlapping
+    apart = sample_partition(d, "vae-cont", 100, seed=3, part=1, min_distance=50.0)
+    assert not apart["valid_xtal"].any()
+    assert apart.loc[strict["valid_xtal"], "error"].str.contains("on top of each other").all()
+
+
 def test_sample_stage_writes_decoded_partitions(trained: Run) -> None:
     result = sample_stage(trained, "vae-cont", 250, seed=1, rows_per_part=100, batch_rows=40)
     assert (result.written, result.rows) == (3, 250)

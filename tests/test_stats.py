@@ -25,15 +25,15 @@ def test_symmetry_key_ignores_site_order() -> None:
 
 @pytest.fixture(scope="module")
 def run(sacada_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    """Training: 12 rows of 4 crystals.  Samples: 5 training rows as they are, 3 moved
-    by 0.01 (beyond the tolerance), 2 moved by 0.001 Å in a (within), one crystal of
+    """Training: 12 rows of 4 crystals.  Samples: 5 training rows as they are, 3 with
+    their coordinates moved by 0.01 (beyond the tolerance), 2 moved by 0.001 Å in a (within), one crystal of
     a symmetry not in training, 2 invalid rows and one whose two atoms coincide."""
     train = training_table(sacada_db, n_structures=4)
     run = Run(tmp_path_factory.mktemp("stats"))
     run.write_frame_table("augmented", train, meta=S.empty_frame(), rows_per_part=5)
     same = train.iloc[:5].copy()
     far = train.iloc[5:8].copy()
-    far["x0"] = (far["x0"] + 0.01) % 1
+    far[S.XYZ_FLAT] = (far[S.XYZ_FLAT] + 0.01) % 1   # the free coordinates among them
     near = train.iloc[8:10].copy()
     near["a"] += 0.001
     other = S.conform(pd.DataFrame([codec.atoms_to_row(_graphite())]))
@@ -65,7 +65,9 @@ def test_sample_stats_count_what_was_built(run: Run) -> None:
     assert stats["training_symmetries"] == 4
     assert stats["symmetries"] == 5 and stats["new_symmetries"] == 1
     assert stats["rows_regenerating_training"] == 7
-    assert stats["training_rows_regenerated"] == 7
+    # the four crystals' sites are all special, so their orbit swaps are one row in the
+    # generator's form: a sample of each crystal regenerates its three training rows
+    assert stats["training_rows_regenerated"] == 12
     h = np.asarray(stats["histograms"]["sample"])
     assert h.shape == (6, 100) and (h.sum(1) == 11).all()
     assert run.file("stats-samples.png").stat().st_size > 1000
@@ -96,3 +98,22 @@ def test_pyxtal_decoder_keeps_a_crystal_without_a_site_ours_rejects(sacada_db: P
     ours = codec.decode_frame(row.drop(columns=["valid_xtal", "error"]))
     assert not ours["valid_xtal"].iloc[0] and "from Wyckoff position" in ours["error"].iloc[0]
     assert codec.pyxtal_verdicts(row).tolist() == [[True, True]]  # valid, a site lost
+
+
+
+def test_a_training_crystal_written_by_other_atoms_of_its_special_orbits_is_regenerated(
+        sacada_db: Path) -> None:
+    from legodask.stats import match_training, training_keys
+
+    train = training_table(sacada_db, n_structures=12).set_index("id", drop=False)
+    special = [i for i, r in train.iterrows() if i.endswith("-1") and all(
+        codec.wyckoff_ops(r["spg"], r[f"wp{k}"]).dof < 3 for k in range(r["n_sites"]))]
+    generators = train[train["id"].str.endswith("-0")]
+    swapped = train.loc[special]
+    first = generators.loc[[i[:-2] + "-0" for i in special]]
+    written_otherwise = ~np.isclose(swapped[S.XYZ_FLAT].fillna(0).to_numpy(float),
+                                    first[S.XYZ_FLAT].fillna(0).to_numpy(float)).all(1)
+    assert written_otherwise.sum() >= 3
+    m = match_training(swapped.assign(id=[f"s-{i}" for i in range(len(special))]),
+                       training_keys(generators), Tolerance())
+    assert m["id"].nunique() == len(special)
