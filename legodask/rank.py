@@ -4,7 +4,9 @@ Models run in the order given, as in the paper (ReaxFF first, then MACE): each
 relaxes from the geometry the previous one left (the row's own geometry when no
 earlier model succeeded).  Per model the stage writes ``energy_<m>`` (eV/atom),
 ``e_above_<m>`` (above graphite relaxed with the same model in the same run),
-``relax_steps_<m>``, ``relaxed_<m>`` (extended-XYZ text) and ``error_<m>``.
+``relax_steps_<m>``, ``relaxed_<m>`` (extended-XYZ text), ``error_<m>`` and
+``converged_<m>`` (the forces reached ``fmax``; false where the step budget ended
+a relaxation that still has an energy).
 Rows that are not valid crystals (or, with ``--only-valid-env``, not valid
 environments) are kept unrelaxed with the reason in ``error_<m>``.  With
 ``--unique`` the input is deduplicated first (``RUN/rank_unique.parquet``, the
@@ -35,7 +37,7 @@ from .store import Run, StageResult
 
 log = logging.getLogger("legodask")
 
-_ENERGY_DTYPES = ("float64", "float64", "int32", "object", "object")
+_ENERGY_DTYPES = ("float64", "float64", "int32", "object", "object", "bool")
 REFERENCES_FILE = "rank_references.json"
 UNIQUE_TABLE = "rank_unique"
 
@@ -123,12 +125,13 @@ def rank_frame(df: pd.DataFrame, models: Sequence[str],
                 if res.ok:
                     current[i] = text_to_atoms(res.relaxed)
         ref = references.get(m, float("nan"))
-        energy, e_above, steps, relaxed, error = S.energy_columns(m)
+        energy, e_above, steps, relaxed, error, converged = S.energy_columns(m)
         out[energy] = pd.Series([r.energy for r in results], index=df.index, dtype="float64")
         out[e_above] = out[energy] - ref
         out[steps] = pd.Series([r.steps for r in results], index=df.index, dtype="int32")
         out[relaxed] = pd.Series([r.relaxed for r in results], index=df.index, dtype=object)
         out[error] = pd.Series([r.error for r in results], index=df.index, dtype=object)
+        out[converged] = pd.Series([r.converged for r in results], index=df.index, dtype=bool)
     return out
 
 

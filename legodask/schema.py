@@ -64,7 +64,7 @@ FINGERPRINT = "fingerprint"
 def energy_columns(model: str) -> list[str]:
     """Columns the rank stage writes for one energy model."""
     return [f"energy_{model}", f"e_above_{model}", f"relax_steps_{model}",
-            f"relaxed_{model}", f"error_{model}"]
+            f"relaxed_{model}", f"error_{model}", f"converged_{model}"]
 
 
 _PANDAS_DTYPES = {

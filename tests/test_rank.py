@@ -77,9 +77,10 @@ def test_rank_frame_chains_models_above_graphite(rows):
     out = rank.rank_frame(rows, ["tersoff", "rebo"], settings=FAST, references=refs)
     assert len(out) == len(rows) and list(out.columns[:len(rows.columns)]) == list(rows.columns)
     for m in ("tersoff", "rebo"):
-        energy, e_above, steps, relaxed, error = S.energy_columns(m)
+        energy, e_above, steps, relaxed, error, converged = S.energy_columns(m)
         g, d, bad = out.to_dict("records")
         assert g[error] is None and d[error] is None
+        assert g[converged] and d[converged] and not bad[converged]
         assert abs(g[e_above]) < 0.01 and 0.0 < d[e_above] < 0.5   # graphite is the zero
         assert len(text_to_atoms(d[relaxed])) == 8
         assert "not a valid crystal" in bad[error] and np.isnan(bad[energy])
@@ -88,6 +89,14 @@ def test_rank_frame_chains_models_above_graphite(rows):
     tersoff_graphite = text_to_atoms(out.loc[0, "relaxed_tersoff"])
     assert tersoff_graphite.cell.cellpar()[0] == pytest.approx(2.529, abs=0.01)
     assert out.loc[0, "relax_steps_rebo"] > 0          # REBO's graphite (2.46 Å) differs
+
+
+def test_relaxation_ended_by_its_step_budget_says_so(rows):
+    out = rank.rank_frame(rows, ["tersoff"], settings=RelaxSettings(steps=1, fmax=1e-6),
+                          references={"tersoff": 0.0})
+    _, d, _ = out.to_dict("records")
+    assert d["error_tersoff"] is None and np.isfinite(d["energy_tersoff"])
+    assert d["relax_steps_tersoff"] == 1 and not d["converged_tersoff"]
 
 
 def test_hanging_relaxation_is_stopped_and_recorded(rows):

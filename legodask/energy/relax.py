@@ -46,13 +46,15 @@ class RelaxSettings:
 
 @dataclass
 class RelaxResult:
-    """One relaxation: energy per atom (NaN on failure), steps, geometry, error."""
+    """One relaxation: energy per atom (NaN on failure), steps, geometry, error, and
+    whether the forces reached ``fmax`` (else the step budget ended it)."""
 
     energy: float = math.nan
     steps: int = 0
     relaxed: str | None = None
     error: str | None = None
     seconds: float = 0.0
+    converged: bool = False
 
     @property
     def ok(self) -> bool:
@@ -161,12 +163,13 @@ def _blowup(atoms: Atoms, v0: float, settings: RelaxSettings) -> str | None:
     return None
 
 
-def _finish(atoms: Atoms, steps: int, t0: float, error: str | None) -> RelaxResult:
+def _finish(atoms: Atoms, steps: int, t0: float, error: str | None,
+            converged: bool = False) -> RelaxResult:
     seconds = time.monotonic() - t0
     if error:
         return RelaxResult(steps=steps, error=error, seconds=seconds)
     return RelaxResult(energy=float(atoms.get_potential_energy() / len(atoms)), steps=steps,
-                       relaxed=atoms_to_text(atoms), seconds=seconds)
+                       relaxed=atoms_to_text(atoms), seconds=seconds, converged=bool(converged))
 
 
 def _quietly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -200,7 +203,7 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings = RelaxSetting
             steps = opt.nsteps
             error = _blowup(atoms, v0, settings)
             if error or converged:
-                return _finish(atoms, steps, t0, error)
+                return _finish(atoms, steps, t0, error, converged)
             if time.monotonic() - t0 > settings.timeout:
                 return _finish(atoms, steps, t0, f"timed out after {settings.timeout:g} s "
                                                  f"({steps} steps)")
@@ -266,7 +269,7 @@ def relax_batch(structures: Sequence[Atoms], evaluate: BatchEvaluator,
             if not error and not converged and time.monotonic() - t0 > settings.timeout:
                 error = f"timed out after {settings.timeout:g} s ({opt.nsteps} steps)"
             if error or converged or opt.nsteps >= max_steps:
-                results[i] = _finish(atoms, opt.nsteps, t0, error)
+                results[i] = _finish(atoms, opt.nsteps, t0, error, converged)
                 continue
             opt.step()
             opt.nsteps += 1
