@@ -122,8 +122,10 @@ class Mixture:
 
 
 def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
-                seed: int = 0) -> Mixture:
-    """Fit a Bayesian GMM (Dirichlet-process prior, as CTGAN) to a column's values."""
+                seed: int = 0, extent: tuple[float, float] | None = None) -> Mixture:
+    """Fit a Bayesian GMM (Dirichlet-process prior, as CTGAN) to a column's values,
+    with modes added where values of ``x`` or the column's ``extent`` (its minimum and
+    maximum over the whole table) lie beyond 4 standard deviations of every mode."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture
 
@@ -144,10 +146,26 @@ def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
         log.info("%s: the Gaussian mixture stopped after %d iterations before converging",
                  column, gm.max_iter)
     keep = gm.weights_ > 5e-3
-    w = gm.weights_[keep]
-    return Mixture(column, gm.means_[keep, 0].tolist(),
-                   np.sqrt(gm.covariances_[keep].reshape(-1)).tolist(), (w / w.sum()).tolist(),
-                   has_nan)
+    mu, sd = gm.means_[keep, 0], np.sqrt(gm.covariances_[keep].reshape(-1))
+    mu, sd, w = _cover(mu, sd, gm.weights_[keep] * len(x),
+                       np.concatenate([x, np.asarray(extent or [], float)]))
+    return Mixture(column, mu.tolist(), sd.tolist(), (w / w.sum()).tolist(), has_nan)
+
+
+def _cover(mu: np.ndarray, sd: np.ndarray, counts: np.ndarray, x: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Modes (means, stds, counts) with one more per run of values of ``x`` that no mode
+    holds within 4 standard deviations -- a tail, or a pruned small mode -- so that
+    ``Mixture.encode`` never clips a value (CTGAN's encoder does)."""
+    out = np.sort(x[~(np.abs(x[:, None] - mu[None]) <= 4 * sd[None]).any(1)])
+    width = 8 * float(np.median(sd))
+    while len(out):
+        run = out[out <= out[0] + width]
+        mu = np.append(mu, (run[0] + run[-1]) / 2)
+        sd = np.append(sd, max((run[-1] - run[0]) / 8, 1e-3))
+        counts = np.append(counts, len(run))
+        out = out[len(run):]
+    return mu, sd, counts
 
 
 class Encoder:
@@ -284,9 +302,12 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
     import dask.dataframe as dd
 
     ddf = df_or_ddf if isinstance(df_or_ddf, dd.DataFrame) else dd.from_pandas(df_or_ddf, npartitions=1)
-    if sites == "generator":
-        ddf = ddf.map_partitions(to_generators, meta=to_generators(ddf._meta))
     grid = grid or Grid()
+
+    def written(p: pd.DataFrame) -> pd.DataFrame:
+        """A partition's sites as the encoder writes them (categories do not change)."""
+        return to_generators(p) if sites == "generator" else S.conform(p)
+
     parts = dask.compute(*[dask.delayed(_rows_and_elements)(p) for p in ddf[S.EL].to_delayed()])
     n = sum(rows for rows, _ in parts)
     element_set = set().union(*(elements for _, elements in parts))
@@ -294,7 +315,7 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
     discrete = ["spg", *S.WP, *([] if single else S.EL)]
     uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
     if mode == "dis":
-        binned = ddf.map_partitions(lambda p: grid.to_bins(S.conform(p))[CONTINUOUS],
+        binned = ddf.map_partitions(lambda p: grid.to_bins(written(p))[CONTINUOUS],
                                     meta=pd.DataFrame({c: pd.Series(dtype=float) for c in CONTINUOUS}))
         values = dask.compute(*uniques, *[binned[c].unique() for c in CONTINUOUS])
         columns: list[Categorical | Mixture] = [
@@ -302,14 +323,17 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
             for c, vals in zip(discrete + CONTINUOUS, values)]
     else:
         frac = min(1.0, fit_rows / max(n, 1))
-        sample = ddf[CONTINUOUS].sample(frac=frac, random_state=seed) if frac < 1 else ddf[CONTINUOUS]
+        rows = ddf.sample(frac=frac, random_state=seed) if frac < 1 else ddf
+        sample = rows.map_partitions(written, meta=written(ddf._meta))[CONTINUOUS]
         nans = [ddf[c].isna().any() for c in CONTINUOUS]
-        values = dask.compute(*uniques, *nans, sample)
-        sample_df = values[-1]
+        extents = [(ddf[c].min(), ddf[c].max()) for c in S.CELL]  # coordinates: 0 to 1
+        values = dask.compute(*uniques, *nans, extents, sample)
+        sample_df, extents = values[-1], dict(zip(S.CELL, values[-2]))
         columns = [Categorical(c, sorted((_python(v) for v in vals), key=_sort_key))
                    for c, vals in zip(discrete, values)]
-        columns += [fit_mixture(c, sample_df[c].to_numpy(float), bool(has_nan), max_modes, seed)
-                    for c, has_nan in zip(CONTINUOUS, values[len(discrete):-1])]
+        columns += [fit_mixture(c, sample_df[c].to_numpy(float), bool(has_nan), max_modes, seed,
+                                extents.get(c, (0.0, 1.0)))
+                    for c, has_nan in zip(CONTINUOUS, values[len(discrete):len(discrete) + len(CONTINUOUS)])]
     return Encoder(mode, columns, next(iter(element_set)) if single and element_set else None,
                    grid, sites)
 

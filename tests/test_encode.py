@@ -168,3 +168,14 @@ def test_encoders_saved_before_the_sites_option_load_as_given(cont: E.Encoder) -
     d = cont.to_dict()
     d.pop("sites")
     assert E.Encoder.from_dict(d).sites == "as-given"
+
+
+def test_mixture_holds_tails_and_the_whole_tables_extent() -> None:
+    """Values beyond 4 std of every fitted mode (a tail, the table's extremes outside
+    the fit sample) get modes of their own instead of being clipped."""
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(5, 0.5, 2000), rng.normal(10, 0.3, 2000), [40.0, 42.5]])
+    m = E.fit_mixture("c", x, has_nan=False, extent=(1.5, 48.0))
+    probe = np.array([1.5, 5.0, 10.2, 40.0, 42.5, 48.0])
+    np.testing.assert_allclose(m.decode(*m.encode(probe)), probe, rtol=0, atol=1e-9)
+    assert sum(m.weights) == pytest.approx(1.0)
