@@ -46,9 +46,9 @@ def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
         encode_stage(run, mode, input, sites=sites or "generator")
     else:
         array, encoder = open_features(run)
-        if (encoder.mode != mode or array.attrs.get("source") != input
-                or encoder.sites != (sites or encoder.sites)):
-            encode_stage(run, mode, input, sites=sites or encoder.sites)
+        wanted = sites or encoder.sites
+        if encoder.mode != mode or array.attrs.get("source") != input or encoder.sites != wanted:
+            encode_stage(run, mode, input, sites=wanted)
     name = name or f"{kind}-{mode}"
     annotations = {"resources": cluster.GPU_RESOURCE} if cluster.has_gpu_worker() else {}
     with dask.annotate(**annotations):

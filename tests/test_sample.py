@@ -104,3 +104,18 @@ def test_train_options_become_hyper_parameters() -> None:
     vae = hparams_of(cli.build_parser().parse_args(
         ["train", "--run", "r", "--model", "vae", "--lr", "0.01", "--pac", "5"]))
     assert vae["lr"] == 0.01 and "pac" not in vae
+
+
+def test_train_keeps_the_features_site_form_unless_told(trained: Run, tmp_path: Path) -> None:
+    import shutil
+
+    from legodask.encode import open_features
+
+    shutil.copytree(trained.path, tmp_path / "copy")
+    run = Run(tmp_path / "copy")
+    assert open_features(run)[1].sites == "generator"
+    train_stage(run, "vae", "cont", epochs=1, name="again", **HP)
+    assert open_features(run)[1].sites == "generator"
+    train_stage(run, "vae", "cont", epochs=1, name="given", sites="as-given", **HP)
+    assert open_features(run)[1].sites == "as-given"
+    assert models.load(run.model_dir("given"))[1].sites == "as-given"
