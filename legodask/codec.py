@@ -60,12 +60,25 @@ class WyckoffOps:
     dof: int
 
 
+# One thread at a time in pyxtal calls that parse or print: pyxtal builds a Group by
+# ``ast.literal_eval`` of its tables, and CPython's parser fails ("AST constructor
+# recursion depth mismatch") when threads parse at once; and ``sys.stdout`` is the
+# process's, so two threads' interleaved redirects would leave it pointing at a buffer.
+_PYXTAL = threading.RLock()
+
+
+def new_group(spg: int) -> Any:
+    """A new pyxtal ``Group``, built by one thread at a time."""
+    from pyxtal.symmetry import Group
+
+    with _PYXTAL:
+        return Group(spg)
+
+
 @functools.lru_cache(maxsize=None)
 def _group(spg: int) -> Any:
     """pyxtal's ``Group`` (slow to build: once per process and group)."""
-    from pyxtal.symmetry import Group
-
-    return Group(spg)
+    return new_group(spg)
 
 
 @functools.lru_cache(maxsize=None)
@@ -418,10 +431,9 @@ def decoded_to_pyxtal(dec: Decoded) -> Any:
     """A pyxtal crystal with exactly the decoded sites (none dropped)."""
     from pyxtal import pyxtal
     from pyxtal.lattice import Lattice
-    from pyxtal.symmetry import Group
     from pyxtal.wyckoff_site import atom_site
 
-    group = Group(dec.spg)
+    group = new_group(dec.spg)
     lat = Lattice.from_para(*dec.cell, ltype=group.lattice_type)
     species: list[str] = []
     for s in dec.sites:
@@ -448,14 +460,10 @@ def row_to_pyxtal(row: Mapping[str, Any], **kw: Any) -> Any:
     return decoded_to_pyxtal(decode_row(row, **kw))
 
 
-_STDOUT = threading.Lock()
-
-
 @contextlib.contextmanager
 def _quiet_stdout() -> Iterator[None]:
-    """Swallow prints; one thread at a time, since ``sys.stdout`` is the process's
-    (two threads' interleaved redirects would leave it pointing at a buffer)."""
-    with _STDOUT, contextlib.redirect_stdout(io.StringIO()):
+    """Swallow prints, one thread at a time (``_PYXTAL``)."""
+    with _PYXTAL, contextlib.redirect_stdout(io.StringIO()):
         yield
 
 
