@@ -22,24 +22,26 @@ log = logging.getLogger("legodask")
 
 
 def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool = True,
-                seed: int = 0, **hparams: Any) -> dict[str, Any]:
+                seed: int = 0, check_rows: int = 1000, **hparams: Any) -> dict[str, Any]:
     """Train model ``name`` on the run's features (the task body); a summary."""
     run = Run(run_path)
     array, encoder = open_features(run)
     model = models.build(kind, encoder, seed=seed, **hparams)
     t = time.perf_counter()
     history = models.fit(model, encoder, models.ChunkStream(array), epochs,
-                         run.model_dir(name), resume=resume, seed=seed)
-    best = min(history, key=lambda h: h[model.score])
+                         run.model_dir(name), resume=resume, seed=seed, check_rows=check_rows)
+    best = models.best_epoch(history, model) or {}
     return {"model": name, "kind": kind, "device": str(model.device), "epochs": len(history),
-            "best_epoch": best["epoch"], model.score: best[model.score],
+            "best_epoch": best.get("epoch"),
+            **{k: best[k] for k in (model.score, "valid", "valid_no_distance") if k in best},
             "rows": int(array.shape[0]), "features": encoder.width,
             "seconds": round(time.perf_counter() - t, 2)}
 
 
 def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
                 name: str | None = None, input: str = "augmented", resume: bool = True,
-                seed: int = 0, sites: str | None = None, **hparams: Any) -> dict[str, Any]:
+                seed: int = 0, sites: str | None = None, check_rows: int = 1000,
+                **hparams: Any) -> dict[str, Any]:
     """Encode (when ``features.zarr`` is missing or of another mode, sites form or
     table; ``sites=None`` keeps the existing features' form) and train."""
     if not run.file(FEATURES).exists():
@@ -53,7 +55,7 @@ def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
     annotations = {"resources": cluster.GPU_RESOURCE} if cluster.has_gpu_worker() else {}
     with dask.annotate(**annotations):
         task = dask.delayed(train_model, pure=False)(str(run.path), name, kind, epochs,
-                                                     resume, seed, **hparams)
+                                                     resume, seed, check_rows, **hparams)
     [summary] = cluster.compute([task], desc=f"train {name}")
     log.info("trained %s", summary)
     return summary
@@ -82,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GAN: discriminator dropout (default 0.5)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check-rows", type=int, default=1000,
+                        help="rows drawn and decoded after each epoch to log the share of "
+                        "valid crystals, which picks the GAN's best epoch (0: none; the "
+                        "GAN keeps its last)")
 
 
 def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -100,6 +106,7 @@ def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def command(args: argparse.Namespace) -> int:
     summary = train_stage(Run(args.run), args.model, args.mode, args.epochs, args.name,
-                          args.input, not args.fresh, args.seed, args.sites, **hparams_of(args))
+                          args.input, not args.fresh, args.seed, args.sites, args.check_rows,
+                          **hparams_of(args))
     print(summary)
     return 0

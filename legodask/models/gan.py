@@ -81,7 +81,7 @@ class Discriminator(nn.Module):
 
 class GAN(TabularModel):
     kind = "gan"
-    score = "loss_g"
+    score, maximise = "valid", True  # its losses do not compare across epochs
 
     def __init__(self, spans: Sequence[Span], width: int, device: torch.device | None = None,
                  cond: Span | None = None, **hparams: Any):
