@@ -156,15 +156,15 @@ def main() -> None:
     results = {}
     for name in args.models.split(","):
         model, enc = models.load(run.model_dir(name))
-        res = {"sites": enc.sites}
+        res: dict = {"sites": enc.sites, "drawn": {}}  # "reasons", "prerelaxed": as sampled
         for label, x in variants(model, enc, args.n, args.seed, train).items():
-            out, res[label] = scored(enc, x, train_syms)
+            out, r = scored(enc, x, train_syms)
+            res["drawn"][label] = r
             if label == "as sampled":
-                res["reasons (as sampled)"] = reasons(out)
-                _, res[label]["pyxtal_decoder"], res[label]["pyxtal_lost_a_site"] = \
-                    pyxtal_decode(out)
+                res["reasons"] = reasons(out)
+                _, r["pyxtal_decoder"], r["pyxtal_lost_a_site"] = pyxtal_decode(out)
                 if args.prerelax:
-                    res["prerelaxed (as sampled)"] = prerelaxed(out, args.prerelax)
+                    res["prerelaxed"] = prerelaxed(out, args.prerelax)
         results[name] = res
     OUT.mkdir(exist_ok=True)
     (OUT / f"{args.name}.json").write_text(json.dumps(results, indent=1))
@@ -175,9 +175,7 @@ def main() -> None:
              "| pyxtal's decoder: 'valid' % (of which lost a site) | symmetries (new) |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, res in results.items():
-        for label, r in res.items():
-            if label.startswith(("reasons", "prerelaxed")) or label == "sites":
-                continue
+        for label, r in res["drawn"].items():
             pyx = (f"{100 * r['pyxtal_decoder']:.1f} ({100 * r['pyxtal_lost_a_site']:.1f})"
                    if "pyxtal_decoder" in r else "")
             lines.append(f"| {name} | {res['sites']} | {label} | {100 * r['valid']:.1f} | "
@@ -186,10 +184,9 @@ def main() -> None:
     lines += ["", "Reasons of the rows as sampled (share of all rows; overlaps classified by "
               "their closest pair):", ""]
     for name, res in results.items():
-        shares = ", ".join(f"{k} {100 * v:.1f} %" for k, v in res["reasons (as sampled)"].items())
+        shares = ", ".join(f"{k} {100 * v:.1f} %" for k, v in res["reasons"].items())
         lines.append(f"- {name}: {shares}")
-    pre = {name: res["prerelaxed (as sampled)"] for name, res in results.items()
-           if "prerelaxed (as sampled)" in res}
+    pre = {name: res["prerelaxed"] for name, res in results.items() if "prerelaxed" in res}
     if pre:
         lines += ["", "Pre-relaxed towards graphite (batched; rows of at most 48 atoms, as "
                   "sampled): valid_env of valid rows and of rows whose atoms overlap, which "
