@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).parent
-ORDER = ["decode", "augment", "prerelax", "generate", "validity", "rank", "dedup", "scale", "gpu"]
+ORDER = ["decode", "augment", "prerelax", "generate", "validity", "rank", "dedup", "scale", "counts", "gpu"]
 INTRO = """# Benchmarks
 
 Each script measures legodask beside its baseline in the same run and writes

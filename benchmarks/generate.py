@@ -251,6 +251,36 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def reading(m: dict) -> str:
+    """The paragraph under the table, with this run's numbers."""
+    og, cg = m.get("ours-gan", {}), m.get("ctgan-gan", {})
+    if not og or not cg:
+        return "Reading: one side did not run."
+    pct = lambda r, k: f"{100 * r[k]:.1f} %"  # noqa: E731
+    return (
+        "Reading: at equal epochs on the same ~1,100 rows our GAN makes valid crystals "
+        f"{og['valid_share'] / max(cg['valid_share'], 1e-9):.0f} times as often as ctgan's "
+        f"({pct(og, 'valid_share')} against {pct(cg, 'valid_share')}; "
+        f"{pct(og, 'valid_share_no_distance_check')} against "
+        f"{pct(cg, 'valid_share_no_distance_check')} without the distance check, over "
+        f"{og['symmetries']} symmetries against {cg['symmetries']}), because it learns each "
+        "special site in its Wyckoff generator's form and its output is snapped onto that "
+        "form, where ctgan learns the rows as the augmentation writes them (our GAN "
+        "learning them as given, in an earlier run: 12.6 %, 29.8 %), and because it keeps "
+        "the epoch whose rows decode as valid most often, where ctgan keeps its last.  "
+        "pyxtal's decoder calls nearly every row of each model valid, but loses a site in "
+        f"{pct(cg, 'pyxtal_valid_lost_a_site')} of ctgan's GAN's 'valid' crystals and in "
+        f"{pct(og, 'pyxtal_valid_lost_a_site')} of ours (Wyckoff indices the group lacks).  "
+        "The VAEs, which keep to about a dozen symmetries after so few steps, are alike.  "
+        "Decoding is vectorised (`codec.decode_frame`; the decode benchmark: about "
+        "1.5-2 x 10^4 rows/s/core), so sampling including decoding runs at a good fraction "
+        "of the models' own speed; ctgan's rows are decoded by the same decoder.  Our "
+        "seconds per epoch are the training alone (`seconds` in `losses.json`), without "
+        "the 1,000-row validity check after each epoch (0.5-1 s here).  The models "
+        "alone (the same MLP sizes, on one CPU core) draw rows at about ctgan's rate, so "
+        "the issue's 10x over ctgan's `sample` is not reachable on a CPU.")
+
+
 def write_markdown() -> None:
     """``generate.md`` from ``generate.json`` and ``generate-memory.json`` (either may
     be missing)."""
@@ -285,22 +315,7 @@ def write_markdown() -> None:
             lines += ["", f"ctgan could not be run: {res['ctgan_error']}"]
         lines += ["", "Paper (H100): 10-20 min per 250 epochs, 1-2 min per 1,000 samples, "
                   "~98 % valid crystals after 250-1000 epochs on 60k-240k rows.", "",
-                  "Reading: at equal epochs on the same ~1,100 rows our GAN makes valid "
-                  "crystals six times as often as ctgan's (51.5 % against 8.6 %; 88.9 % "
-                  "against 26.9 % without the distance check, over 658 symmetries against "
-                  "115), because it learns each special site in its Wyckoff generator's form "
-                  "and its output is snapped onto that form, where ctgan learns the rows as "
-                  "the augmentation writes them (our GAN learning them as given, the run "
-                  "before: 12.6 %, 29.8 %).  pyxtal's decoder calls nearly every row of each "
-                  "model valid, but loses a site in 87 % of ctgan's GAN's 'valid' crystals "
-                  "and in 10.5 % of ours (Wyckoff indices the group lacks).  The VAEs, which "
-                  "keep to about a dozen symmetries after so few steps, are alike (40 %).  "
-                  "Decoding is vectorised (`codec.decode_frame`; the decode benchmark: about "
-                  "1.5-2 x 10^4 rows/s/core), so sampling including decoding runs at a good "
-                  "fraction of the models' own speed; ctgan's rows are decoded by the same "
-                  "decoder.  The models alone (the same MLP sizes, on one CPU core; this run "
-                  "shared the cores with a VAE training) draw rows at about ctgan's rate, so "
-                  "the issue's 10x over ctgan's `sample` is not reachable on a CPU."]
+                  reading(res["models"])]
     f = RESULTS / "generate-memory.json"
     if f.exists():
         m = json.loads(f.read_text())
