@@ -77,6 +77,8 @@ class Options:
 
     maxiter: int = 600          # L-BFGS-B iterations (the reference: 400 + 200)
     nelder_mead: int = 0        # derivative-free iterations before L-BFGS-B
+    density: float = 1.5        # rescue: restart at the reference's volume per atom when
+    #                             the start's is off by more than this factor (0: never)
     wide_rcut: float = 3.0      # rescue: relax first with this descriptor cutoff (Å),
     #                             then with the reference's (0: no such rescue)
     hops: int = 4               # rescue: basin-hopping restarts (from the start, see hop_step)
@@ -770,6 +772,23 @@ def check(row: Mapping[str, Any], p: Problem, out: Outcome, env: Environment) ->
     return replace(out, valid=bool(ok), reason=reason)
 
 
+def volume_per_atom(p: Problem, x: np.ndarray) -> float:
+    """Cell volume per atom (Å³) of ``p`` at free variables ``x``."""
+    a, b, c, *angles = p.cell(x)
+    ca, cb, cg = np.cos(np.radians(angles))
+    det = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
+    return float(a * b * c * math.sqrt(max(det, 0.0))) / p.natoms
+
+
+def at_density(p: Problem, vpa: float) -> np.ndarray:
+    """The start ``p.x0`` with every cell length scaled alike to ``vpa`` Å³ per atom;
+    angles and fractional coordinates kept, so the symmetry is."""
+    x = p.x0.copy()
+    x[p.kind == 0] *= (vpa / volume_per_atom(p, x)) ** (1 / 3)
+    lo, hi = bounds(p)
+    return np.clip(x, lo, hi)
+
+
 def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
                env: Environment, opts: Options = Options(), mode: str = "scipy",
                params: SO3Params | None = None) -> list[Outcome]:
@@ -779,6 +798,9 @@ def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
     A perturbation can push a bond out of the descriptor's cutoff or crowd a
     second neighbour into it, and L-BFGS then settles with the wrong neighbours.
     The rescues, in order, for the structures still without the environment: a
+    restart at the reference's density for a start whose volume per atom is off by
+    more than the factor ``opts.density`` (a dilute start has no neighbours within
+    the cutoff to pull on; angles and fractional coordinates kept), a
     continuation (relax from the start with the wider cutoff ``opts.wide_rcut``,
     which sees those atoms, then with the reference's), then ``opts.hops`` basin
     hops (restart from the start moved by a random step, farther each time: hop
@@ -803,13 +825,22 @@ def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
     first = run(list(range(n)), [p.x0 for p in problems], params, np.zeros(n))
     out = [check(r, p, o, env) for r, p, o in zip(rows, problems, first)]
     rng = np.random.default_rng(opts.seed)
-    stages = (["wide"] if opts.wide_rcut > params.rcut else []) + list(range(opts.hops))
+    ref_vpa = env.reference.get_volume() / len(env.reference)
+    stages = ((["density"] if opts.density > 1 else [])
+              + (["wide"] if opts.wide_rcut > params.rcut else []) + list(range(opts.hops)))
     for stage in stages:
         todo = [k for k, o in enumerate(out) if not o.valid and o.error is None]
         if not todo:
             break
+        if stage == "density":
+            todo = [k for k in todo if abs(math.log(volume_per_atom(problems[k], problems[k].x0)
+                                                    / ref_vpa)) > math.log(opts.density)]
+            if not todo:
+                continue
         used = np.array([out[k].seconds for k in todo])
-        if stage == "wide":
+        if stage == "density":
+            new = run(todo, [at_density(problems[k], ref_vpa) for k in todo], params, used)
+        elif stage == "wide":
             first = run(todo, [problems[k].x0 for k in todo], wide, used)
             new = run(todo, [o.x for o in first], params,
                       used + np.array([o.seconds for o in first]))
@@ -1027,6 +1058,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=Options.batch_size)
     p.add_argument("--hops", type=int, default=Options.hops,
                    help="basin-hopping restarts for structures that miss the environment")
+    p.add_argument("--density-rescue", type=float, default=Options.density,
+                   help="restart at the reference's volume per atom a structure that misses "
+                        "the environment from a start off by more than this factor (0: never)")
     p.add_argument("--wide-rcut", type=float, default=Options.wide_rcut,
                    help="rescue cutoff (Å) for structures that miss the environment "
                         "(0: no such rescue)")
@@ -1038,7 +1072,7 @@ def command(args: argparse.Namespace) -> int:
     from .store import Run
 
     opts = Options(budget=args.budget, batch_size=args.batch_size, hops=args.hops,
-                   wide_rcut=args.wide_rcut)
+                   wide_rcut=args.wide_rcut, density=args.density_rescue)
     result = prerelax(Run(args.run), args.input, args.env, args.device, args.limit, opts,
                       args.output, args.rdf_bins)
     print(result)

@@ -191,7 +191,8 @@ def test_a_structure_that_settles_with_the_wrong_neighbours_is_rescued(graphite,
 
     known, start = crowded_p6222
     p = build_problem(start)
-    [plain] = relax_rows([start], [p], graphite, Options(wide_rcut=0.0, hops=0), mode)
+    [plain] = relax_rows([start], [p], graphite, Options(wide_rcut=0.0, hops=0, density=0.0),
+                         mode)
     assert not plain.valid and "CN 4" in plain.reason and plain.loss > 1.0
     [res] = relax_rows([start], [p], graphite, Options(), mode)
     assert res.valid and res.reason is None and res.loss < 1e-5
@@ -202,6 +203,23 @@ def test_a_structure_that_settles_with_the_wrong_neighbours_is_rescued(graphite,
     match = StructureMatcher(ltol=0.05, stol=0.3, angle_tol=3, scale=False).get_rms_dist(
         *(AseAtomsAdaptor.get_structure(a) for a in (ref, out)))
     assert match is not None and match[1] * (ref.get_volume() / 6) ** (1 / 3) < 0.1
+
+
+@pytest.mark.parametrize("mode", ["scipy", "cpu"])
+def test_a_dilute_start_is_restarted_at_the_reference_density(graphite, mode):
+    """Graphite with every length x 2.5: no atom within even the wide cutoff of
+    another, nothing to pull on; restarted at graphite's volume per atom it relaxes
+    to graphite.  The symmetry is kept (only free variables move)."""
+    row = _graphite_row()
+    start = {**row, **{k: 2.5 * row[k] for k in ("a", "b", "c")}}
+    p = build_problem(start)
+    [plain] = relax_rows([start], [p], graphite, Options(density=0.0, hops=0), mode)
+    assert not plain.valid
+    [res] = relax_rows([start], [p], graphite, Options(hops=0), mode)
+    assert res.valid and res.loss < 1e-5
+    out = codec.row_to_atoms({**start, **relaxed_row(p, res.x)})
+    assert out.get_volume() / len(out) == pytest.approx(
+        graphite.reference.get_volume() / len(graphite.reference), rel=0.05)
 
 
 def test_rescue_is_skipped_for_structures_with_the_environment(graphite):
