@@ -113,9 +113,9 @@ def quality(decoded: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
     m = match_training(decoded, training_keys(train), Tolerance())
     valid = decoded[decoded["valid_xtal"]]
     syms = set(symmetry_key(valid).tolist())
-    from legodask.codec import OVERLAP
+    from legodask.codec import only_overlapping
 
-    overlap = decoded["error"].astype("string").str.endswith(OVERLAP).fillna(False)
+    overlap = only_overlapping(decoded)
     return {"valid_share": float(decoded["valid_xtal"].mean()),
             "valid_share_no_distance_check": float((decoded["valid_xtal"] | overlap).mean()),
             **dict(zip(("pyxtal_valid", "pyxtal_valid_lost_a_site"),

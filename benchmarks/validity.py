@@ -75,7 +75,7 @@ def scored(enc, x: np.ndarray, train_syms: set) -> tuple[pd.DataFrame, dict[str,
     df["id"] = [f"s{i}" for i in range(len(df))]
     out = codec.decode_frame(df)
     ok = out["valid_xtal"]
-    pyx = ok | out["error"].fillna("").str.endswith(codec.OVERLAP)
+    pyx = ok | codec.only_overlapping(out)
     syms = set(symmetry_key(out[ok]).tolist())
     return out, {"valid": round(float(ok.mean()), 4), "valid_pyxtal": round(float(pyx.mean()), 4),
                  "symmetries": len(syms), "new_symmetries": len(syms - train_syms)}

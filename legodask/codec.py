@@ -392,6 +392,14 @@ def _off_position_reason(k: int, xyz: np.ndarray, moved: float, ops: WyckoffOps,
             f"Wyckoff position {ops.multiplicity}{ops.letter} (tolerance {tol} Å)")
 
 
+def only_overlapping(df: pd.DataFrame) -> pd.Series:
+    """Rows of a decoded frame that are invalid only because atoms overlap (every site
+    on its Wyckoff position): valid without the distance check, as by pyxtal's decoder."""
+    if "error" not in df.columns:
+        return pd.Series(False, index=df.index)
+    return df["error"].astype("string").str.endswith(OVERLAP).fillna(False).astype(bool)
+
+
 def _too_many_reason(max_atoms: int) -> str:
     return f"more than {max_atoms} atoms in the cell"
 

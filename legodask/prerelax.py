@@ -774,10 +774,8 @@ def check(row: Mapping[str, Any], p: Problem, out: Outcome, env: Environment) ->
 
 def volume_per_atom(p: Problem, x: np.ndarray) -> float:
     """Cell volume per atom (Å³) of ``p`` at free variables ``x``."""
-    a, b, c, *angles = p.cell(x)
-    ca, cb, cg = np.cos(np.radians(angles))
-    det = 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg
-    return float(a * b * c * math.sqrt(max(det, 0.0))) / p.natoms
+    det = float(np.linalg.det(codec.metric_tensor(p.cell(x))))
+    return math.sqrt(max(det, 0.0)) / p.natoms
 
 
 def at_density(p: Problem, vpa: float) -> np.ndarray:

@@ -76,10 +76,8 @@ def _symmetries(df: pd.DataFrame) -> set[int]:
 
 def _counts(df: pd.DataFrame) -> np.ndarray:
     """Rows, valid crystals, and rows invalid only because atoms overlap."""
-    overlap = 0
-    if "error" in df.columns:
-        overlap = int(df["error"].astype("string").str.endswith(codec.OVERLAP).fillna(False).sum())
-    return np.array([len(df), int(df["valid_xtal"].astype(bool).sum()), overlap])
+    return np.array([len(df), int(df["valid_xtal"].astype(bool).sum()),
+                     int(codec.only_overlapping(df).sum())])
 
 
 def _pyxtal_counts(df: pd.DataFrame, k: int) -> np.ndarray:
