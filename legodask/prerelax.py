@@ -824,17 +824,17 @@ def relax_rows(rows: Sequence[Mapping[str, Any]], problems: Sequence[Problem],
     out = [check(r, p, o, env) for r, p, o in zip(rows, problems, first)]
     rng = np.random.default_rng(opts.seed)
     ref_vpa = env.reference.get_volume() / len(env.reference)
+
+    def off_density(p: Problem) -> bool:
+        return abs(math.log(volume_per_atom(p, p.x0) / ref_vpa)) > math.log(opts.density)
+
     stages = ((["density"] if opts.density > 1 else [])
               + (["wide"] if opts.wide_rcut > params.rcut else []) + list(range(opts.hops)))
     for stage in stages:
-        todo = [k for k, o in enumerate(out) if not o.valid and o.error is None]
+        todo = [k for k, o in enumerate(out) if not o.valid and o.error is None
+                and (stage != "density" or off_density(problems[k]))]
         if not todo:
-            break
-        if stage == "density":
-            todo = [k for k in todo if abs(math.log(volume_per_atom(problems[k], problems[k].x0)
-                                                    / ref_vpa)) > math.log(opts.density)]
-            if not todo:
-                continue
+            continue
         used = np.array([out[k].seconds for k in todo])
         if stage == "density":
             new = run(todo, [at_density(problems[k], ref_vpa) for k in todo], params, used)

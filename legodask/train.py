@@ -33,7 +33,7 @@ def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool =
     best = models.best_epoch(history, model) or {}
     return {"model": name, "kind": kind, "device": str(model.device), "epochs": len(history),
             "best_epoch": best.get("epoch"),
-            **{k: best[k] for k in (model.score, "valid", "valid_no_distance") if k in best},
+            **{k: best[k] for k in (model.score, *models.SHARES) if k in best},
             "rows": int(array.shape[0]), "features": encoder.width,
             "seconds": round(time.perf_counter() - t, 2)}
 

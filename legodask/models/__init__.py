@@ -30,6 +30,7 @@ log = logging.getLogger("legodask")
 
 KINDS = ("gan", "vae")
 CONFIG, BEST, LAST, LOSSES, PLOT = "config.json", "best.pt", "last.pt", "losses.json", "losses.png"
+SHARES = ("valid", "valid_no_distance")  # what ``validity`` logs after each epoch
 
 
 def default_device() -> torch.device:
@@ -173,8 +174,9 @@ def validity(model: TabularModel, encoder: Encoder, n: int, seed: int = 0) -> di
     against a discriminator that changes, do not."""
     x = model.sample(n, torch.Generator().manual_seed(seed))
     out = codec.decode_frame(encoder.inverse_transform(x))
-    return {"valid": float(out["valid_xtal"].mean()),
-            "valid_no_distance": float((out["valid_xtal"] | codec.only_overlapping(out)).mean())}
+    valid = out["valid_xtal"]
+    return dict(zip(SHARES, (float(valid.mean()),
+                             float((valid | codec.only_overlapping(out)).mean()))))
 
 
 def best_epoch(history: list[dict[str, float]], model: TabularModel) -> dict[str, float] | None:
@@ -238,7 +240,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
 
     fig, ax = plt.subplots(figsize=(6, 4))
     keys = list(dict.fromkeys(k for h in history for k in h if k not in ("epoch", "seconds")))
-    shares = [k for k in keys if k in ("valid", "valid_no_distance")]
+    shares = [k for k in keys if k in SHARES]
     axes = {k: ax for k in keys}
     if shares:
         right = ax.twinx()
