@@ -100,7 +100,8 @@ def reference_loop(row: dict, cap: int) -> int:
 
     ref = pyxtal()
     ref.from_prototype("graphite")
-    bu = builder(["C"], [1], verbose=False)
+    tmp = tempfile.mkdtemp(prefix="legodask-bench-pyxtal-")  # else mof-0.log/.db in the cwd
+    bu = builder(["C"], [1], db_file=f"{tmp}/b.db", log_file=f"{tmp}/b.log", verbose=False)
     bu.set_descriptor_calculator(mykwargs={"rcut": 2.0})
     bu.set_reference_enviroments(ref.to_pymatgen())
     bu.set_criteria(CN={"C": [3]})
