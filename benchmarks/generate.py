@@ -10,7 +10,8 @@ subprocess on the exported rows; its samples are decoded here with the same deco
 ``--memory N`` instead measures the peak memory of the sample stage drawing N rows on
 a LocalCluster of 2 workers.
 
-    python benchmarks/generate.py [--quick] [--ctgan-python /tmp/ctgan-venv/bin/python]
+    python3 -m venv .venv-ctgan && .venv-ctgan/bin/pip install 'ctgan>=0.10'
+    python benchmarks/generate.py [--quick] [--ctgan-python .venv-ctgan/bin/python]
     python benchmarks/generate.py --memory 100000
 """
 
@@ -333,7 +334,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small data and few epochs")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--ctgan-python", default="/tmp/ctgan-venv/bin/python",
+    p.add_argument("--ctgan-python", default=".venv-ctgan/bin/python",
                    help="python of a virtual environment with ctgan installed")
     p.add_argument("--memory", type=int, default=0, metavar="N",
                    help="measure the sample stage's peak memory for N rows instead")

@@ -1,4 +1,4 @@
-"""Device checks for a lent GPU, in one short run: the batched pre-relaxation's
+"""Device checks on a GPU machine, in one short run: the batched pre-relaxation's
 structures per minute (issue 4: >= 1,000 per minute) and sampling rows per second
 against ``ctgan``'s ``sample`` on the same GPU (issue 5: >= 10x).
 
@@ -8,8 +8,8 @@ the inputs are made here and travel, with the wheels, in two git-ignored folders
     python benchmarks/gpu.py prepare --run RUN   # here: .gpu/ (rows, models), needs
                                                  # RUN/models/{vae,gan}-cont trained
     python benchmarks/gpu.py wheels              # here: .whl/ (pip download, py3.12)
-    # device `run`, carry [".gpu", ".whl"], timeout_s 540, command:
-    #   bash benchmarks/gpu.sh
+    bash benchmarks/gpu.sh                       # there, from the repo root with .gpu/
+                                                 # and .whl/ copied beside it
     python benchmarks/gpu.py report DIR          # here: DIR/gpu.json -> results/gpu.md
 
 ``python benchmarks/gpu.py run --device cpu --quick`` runs the device part here
@@ -263,7 +263,7 @@ def report(folder: Path) -> None:
     data = json.loads((folder / "gpu.json").read_text())
     (HERE / "results/gpu.json").write_text(json.dumps(data, indent=1))
     m = data.get("machine", {})
-    lines = [f"Command: `bash benchmarks/gpu.sh` on the lent device ({m.get('gpu', 'no GPU')}, "
+    lines = [f"Command: `bash benchmarks/gpu.sh` on a GPU machine ({m.get('gpu', 'no GPU')}, "
              f"{m.get('cpus')} CPUs, torch {m.get('torch')}); inputs from "
              "`python benchmarks/gpu.py prepare`.", "",
              "| pre-relaxation | structures | valid_env | structures / min | batch |",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The device checks (benchmarks/gpu.py), run on the lent GPU machine from the repo
+# The device checks (benchmarks/gpu.py), run on the GPU machine from the repo
 # root with .gpu/ and .whl/ carried; results in $OUT/gpu.json.
 set -u
 pip() { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir "$@"; }
