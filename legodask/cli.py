@@ -14,6 +14,9 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from itertools import takewhile
+
+from .cluster import LOCAL_DASHBOARD
 
 # subcommand -> (module, help, needs a cluster)
 COMMANDS: dict[str, tuple[str, str, bool]] = {
@@ -23,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "encode": ("legodask.encode", "fit the encoder and write RUN/features.zarr", False),
     "train": ("legodask.train", "train a GAN or VAE on the augmented table", True),
     "sample": ("legodask.sample", "sample rows from a trained model and decode them", True),
-    "prerelax": ("legodask.prerelax", "pre-relax towards the reference environment", True),
+    "prerelax": ("legodask.stages.prerelax", "pre-relax towards the reference environment", True),
     "rank": ("legodask.rank", "relax and rank energies with force fields", True),
     "dedup": ("legodask.dedup", "fingerprint and deduplicate incrementally", True),
     "metrics": ("legodask.metrics", "the paper's counts for a run", False),
@@ -34,6 +37,9 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "stats": ("legodask.stats", "summaries of a table against the paper's", False),
     "status": ("legodask.status", "which stages and partitions of a run are done", False),
 }
+# Commands that only read a run: they neither create it nor write its log, so they
+# work on a run directory that is not theirs to write.
+READ_ONLY = {"query", "export", "status"}
 
 
 def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +53,9 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-limit", default="auto", help="memory per worker, e.g. 2GB")
     g.add_argument("--gpus", type=int, default=0,
                    help="give LocalCluster workers a GPU resource (for a local GPU)")
+    g.add_argument("--dashboard-address", default=LOCAL_DASHBOARD,
+                   help="where a LocalCluster serves its dashboard (default: this machine "
+                   "only, a free port; e.g. 0.0.0.0:8787 to let other machines see it)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool, run_dir: str | None = None) -> None:
-    """Log legodask's messages to stderr and, for a run, to ``RUN/logs/legodask.log``."""
+    """Log legodask's messages to stderr and, for a run, to ``RUN/logs/legodask.log``;
+    a run whose log cannot be written is an error (``PermissionError``) naming it."""
     logger = logging.getLogger("legodask")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.handlers.clear()
@@ -77,10 +87,30 @@ def setup_logging(verbose: bool, run_dir: str | None = None) -> None:
     if run_dir:
         from .store import Run
 
-        handlers.append(logging.FileHandler(Run(run_dir).log_file))
+        try:
+            handlers.append(logging.FileHandler(Run(run_dir).log_file))
+        except OSError as exc:
+            raise PermissionError(f"cannot write to the run {run_dir} ({exc.strerror or exc}): "
+                                  f"this command writes into it; use a run you may write to, "
+                                  f"or copy it") from exc
     for h in handlers:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         logger.addHandler(h)
+
+
+def message(exc: BaseException) -> str:
+    """One line saying what went wrong: the innermost cause's text up to DuckDB's
+    echo of the SQL, and for a missing file its path and what to check."""
+    while exc.__cause__ is not None and type(exc.__cause__) is type(exc):
+        exc = exc.__cause__  # dask re-raises a stage's error with its own preamble
+    text = str(exc).strip()
+    path = getattr(exc, "filename", None) or (text if text and not any(c.isspace() for c in text)
+                                               else None)
+    if isinstance(exc, FileNotFoundError) and path:
+        return f"no such file or directory: {path} (check the path)"
+    # DuckDB's messages end with the statement ("LINE 1: ...") and a caret under it
+    lines = takewhile(lambda ln: not ln.startswith("LINE "), map(str.strip, text.splitlines()))
+    return "; ".join(ln for ln in lines if ln) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -88,19 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"legodask {args.command}: not available in this version", file=sys.stderr)
         return 2
-    setup_logging(args.verbose, getattr(args, "run", None))
-    module = importlib.import_module(args._module)
     try:
+        run = None if args.command in READ_ONLY else getattr(args, "run", None)
+        setup_logging(args.verbose, run)
+        module = importlib.import_module(args._module)
         if not args._clustered:
             return int(module.command(args) or 0)
         from .cluster import connect
 
-        with connect(args.scheduler, args.workers, args.threads, args.memory_limit, args.gpus):
+        with connect(args.scheduler, args.workers, args.threads, args.memory_limit, args.gpus,
+                     dashboard_address=args.dashboard_address):
             return int(module.command(args) or 0)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # every command's failure is one line; -v shows the traceback
         if args.verbose:
             raise
-        print(f"legodask {args.command}: error: {exc}", file=sys.stderr)
+        print(f"legodask {args.command}: error: {message(exc)}", file=sys.stderr)
         return 1
 
 

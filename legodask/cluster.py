@@ -20,6 +20,10 @@ import dask
 log = logging.getLogger("legodask")
 
 GPU_RESOURCE = {"GPU": 1}
+# A LocalCluster listens on the loopback interface only: its scheduler, workers and
+# dashboard are not reachable from other machines (a login node's other users).
+LOCAL_HOST = "127.0.0.1"
+LOCAL_DASHBOARD = f"{LOCAL_HOST}:0"
 
 
 def _default_workers() -> int:
@@ -48,10 +52,12 @@ def slurm_cluster(jobs: int = 1, gpus: int = 0, **options: Any) -> Any:
 def connect(scheduler: str | None = None, n_workers: int | None = None,
             threads_per_worker: int = 1, memory_limit: str = "auto",
             gpus: int = 0, quiet: bool = False,
-            slurm: dict[str, Any] | None = None) -> Iterator[Any]:
+            slurm: dict[str, Any] | None = None,
+            dashboard_address: str = LOCAL_DASHBOARD) -> Iterator[Any]:
     """Yield a ``distributed.Client``: to the scheduler at address ``scheduler``;
     to a SLURM cluster of ``n_workers`` jobs when ``scheduler == "slurm"``; else to
-    a new LocalCluster of ``n_workers`` processes (one per core up to 4 by default)."""
+    a new LocalCluster of ``n_workers`` processes (one per core up to 4 by default),
+    listening on 127.0.0.1 with its dashboard at ``dashboard_address``."""
     from distributed import Client, LocalCluster
 
     if scheduler == "slurm":
@@ -65,7 +71,8 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
         cluster = LocalCluster(n_workers=n_workers or _default_workers(),
                                threads_per_worker=threads_per_worker,
                                memory_limit=memory_limit, processes=True,
-                               resources=resources, dashboard_address=":0")
+                               resources=resources, host=LOCAL_HOST,
+                               dashboard_address=dashboard_address)
         client = Client(cluster)
     if not quiet:
         print(f"dask cluster: {client.dashboard_link}", file=sys.stderr)

@@ -19,7 +19,7 @@ from ase import Atoms
 
 from . import dedup as D
 from . import fingerprint as F
-from .query import columns, connect
+from .query import columns, condition, connect
 from .store import Run
 
 log = logging.getLogger("legodask")
@@ -33,15 +33,30 @@ _KEEP = re.compile(r"^(id|source|parent_id|spg|natoms|dof|loss|valid_env|energy_
 
 def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
          limit: int | None = None) -> Iterator[dict[str, Any]]:
-    """The selected rows of ``table`` as dicts, streamed."""
+    """The selected rows of ``table`` as dicts, streamed; ``where`` is one SQL
+    condition (``query.condition``), checked before this returns."""
+    import duckdb
+
+    if table not in run.tables():
+        raise ValueError(f"run {run.path} has no table {table!r} (it has: "
+                         f"{', '.join(run.tables()) or 'none'})")
     con = connect(run)
-    cond = [f"({where})"] if where else []
+    cond = [f"({condition(where)})"] if where else []
     if unique:
         cond.append(f"id IN (SELECT id FROM {D.TABLE} WHERE {F.FP_DATA} IS NOT NULL)")
     sql = f'SELECT * FROM "{table}"' + (" WHERE " + " AND ".join(cond) if cond else "")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
-    res = con.execute(sql)
+    try:
+        return _records(con.execute(sql))
+    except duckdb.Error as exc:
+        hint = (f' (the columns of {table}: legodask query RUN "DESCRIBE {table}")'
+                if where else "")
+        raise ValueError(f"cannot select rows of {table}: {exc}{hint}") from exc
+
+
+def _records(res: Any) -> Iterator[dict[str, Any]]:
+    """The rows of a DuckDB result as dicts, a chunk at a time."""
     while True:
         chunk = res.fetch_df_chunk()
         if chunk.empty:
@@ -78,6 +93,7 @@ def export(run: Run, table: str, out: str | Path, fmt: str, where: str | None = 
 
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
+    selected = rows(run, table, where, unique, limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = [c[len(RELAXED):] for c in columns(connect(run), table) if c.startswith(RELAXED)]
@@ -90,7 +106,7 @@ def export(run: Run, table: str, out: str | Path, fmt: str, where: str | None = 
     if fmt == "extxyz" and xyz.exists():
         xyz.unlink()
     written = failed = 0
-    for k, rec in enumerate(rows(run, table, where, unique, limit)):
+    for k, rec in enumerate(selected):
         try:
             atoms = structure(rec, models, geometry)
         except Exception as exc:  # a bad row is reported, the rest is written
@@ -123,7 +139,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    written, failed = export(Run(args.run), args.table, args.out, args.format, args.where,
-                             args.unique, args.geometry, args.limit)
+    written, failed = export(Run(args.run, create=False), args.table, args.out, args.format,
+                             args.where, args.unique, args.geometry, args.limit)
     print(f"wrote {written} structures to {args.out}" + (f" ({failed} failed)" if failed else ""))
     return 0

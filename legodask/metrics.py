@@ -172,7 +172,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    run = Run(args.run)
+    run = Run(args.run, create=False)
     metrics = compute_metrics(run, args.window, args.matcher, args.energy_table)
     if args.compare:
         train = run.path if TRAIN_SOURCE in run.tables() else None

@@ -3,7 +3,8 @@
 A pipeline file has one table per stage, whose keys are that stage's command-line
 options (``max-per-structure = 50`` is ``--max-per-structure 50``)::
 
-    [cluster]            # optional: scheduler, workers, threads, memory-limit
+    [cluster]            # optional: scheduler, workers, threads, memory-limit,
+                         # dashboard-address
     workers = 2
     [ingest]             # positional arguments by name: source = "my.db"
     [augment]
@@ -153,7 +154,8 @@ def command(args: argparse.Namespace) -> int:
                  args.workers or conf.get("workers"),
                  conf.get("threads", args.threads),
                  conf.get("memory-limit", args.memory_limit),
-                 args.gpus or conf.get("gpus", 0), slurm=conf.get("slurm")):
+                 args.gpus or conf.get("gpus", 0), slurm=conf.get("slurm"),
+                 dashboard_address=conf.get("dashboard-address", args.dashboard_address)):
         seconds = run_pipeline(spec, args.run, tuple(filter(None, args.force.split(","))))
     print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
     return 0

@@ -1,18 +1,27 @@
 """SQL over a run: DuckDB with one view per Parquet table (``samples``, ``ranked``, ...).
 
 DuckDB reads the partition files directly and streams them, so a query over a
-table of millions of rows needs memory for its result, not for the table.
+table of millions of rows needs memory for its result, not for the table.  A query
+is one SELECT statement and reaches the run's tables and nothing else (``connect``):
+a run directory may come from someone else, and ``legodask query`` must not read or
+write other files on their behalf.  ``--out`` is written here, from the result.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from .store import Run
+
+BATCH_ROWS = 100_000  # rows of a query's result held in memory at a time
 
 
 def table_files(run: Run, table: str) -> list[Path]:
@@ -26,16 +35,53 @@ def sql_list(files: list[Path]) -> str:
 
 
 def connect(run: Run) -> Any:
-    """An in-memory DuckDB connection with a view named after each of the run's tables."""
+    """An in-memory DuckDB connection with a view named after each of the run's tables,
+    that reaches nothing else: the views' partition files are the only files it may
+    open (no other file read or written, no extension installed or loaded, no Python
+    variable scanned), and its configuration is locked so that SQL cannot undo that."""
     import duckdb
 
-    con = duckdb.connect()
+    con = duckdb.connect(config={"autoinstall_known_extensions": False,
+                                 "autoload_known_extensions": False})
+    allowed: list[str] = []
     for table in run.tables():
-        files = table_files(run, table)
+        files = [f.resolve() for f in table_files(run, table)]
         if files:
             con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM '
                         f"read_parquet({sql_list(files)}, union_by_name=true)")
+            allowed += map(str, files)
+    con.execute(f"SET allowed_paths = {sql_list(allowed)}")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
+
+
+def select_statement(sql: str) -> str:
+    """``sql`` when it is exactly one SELECT statement (``WITH``, ``FROM t``,
+    ``DESCRIBE t`` and the like included), else a ``ValueError`` saying what it is."""
+    import duckdb
+
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise ValueError(f"the SQL does not parse: {exc}") from exc
+    if len(statements) != 1:
+        raise ValueError(f"give one SQL statement, not {len(statements)}")
+    if statements[0].type != duckdb.StatementType.SELECT:
+        raise ValueError(f"only a query (SELECT) may run over a run's tables, not a "
+                         f"{statements[0].type.name} statement")
+    return statements[0].query
+
+
+def condition(where: str) -> str:
+    """A ``--where`` condition as DuckDB renders it after parsing it as one SQL
+    expression, so that it cannot end the statement it is put into."""
+    import duckdb
+
+    try:
+        return str(duckdb.SQLExpression(where))
+    except duckdb.Error as exc:
+        raise ValueError(f"--where is not one SQL condition: {exc}") from exc
 
 
 def has_column(con: Any, table: str, column: str) -> bool:
@@ -52,14 +98,40 @@ def columns(con: Any, table: str) -> list[str]:
 
 def query(run: Run, sql: str, out: str | Path | None = None,
           max_rows: int = 50) -> pd.DataFrame:
-    """Run ``sql``; write the whole result to ``out`` (``.csv`` or ``.parquet``,
-    streamed by DuckDB) when given, and return at most ``max_rows`` rows."""
+    """Run ``sql``, one SELECT statement over the run's tables; write the whole result
+    to ``out`` (``.parquet``, else CSV; streamed in batches) when given, and return at
+    most ``max_rows`` rows."""
+    import duckdb
+
     con = connect(run)
-    if out is not None:
-        fmt = "PARQUET" if str(out).endswith(".parquet") else "CSV, HEADER"
-        target = str(out).replace("'", "''")
-        con.execute(f"COPY ({sql}) TO '{target}' (FORMAT {fmt})")
-    return con.execute(f"SELECT * FROM ({sql}) LIMIT {int(max_rows)}").df()
+    try:
+        reader = con.execute(select_statement(sql)).to_arrow_reader(BATCH_ROWS)
+    except duckdb.Error as exc:
+        raise ValueError(f"the query failed: {exc}") from exc
+    head: list[pa.RecordBatch] = []
+    shown = 0
+    with contextlib.ExitStack() as stack:
+        write = None if out is None else _writer(Path(out), reader.schema, stack)
+        for batch in reader:
+            if shown < max_rows:
+                head.append(batch.slice(0, max_rows - shown))
+                shown += len(head[-1])
+            if write is not None:
+                write(batch)
+            elif shown >= max_rows:
+                break
+    return pa.Table.from_batches(head, reader.schema).to_pandas()
+
+
+def _writer(out: Path, schema: pa.Schema,
+            stack: contextlib.ExitStack) -> Callable[[pa.RecordBatch], None]:
+    """A function that appends a batch of a result to ``out``: Parquet for a
+    ``.parquet`` name, else CSV with a header."""
+    if out.suffix == ".parquet":
+        return stack.enter_context(pq.ParquetWriter(out, schema)).write_batch
+    f = stack.enter_context(out.open("w", newline=""))
+    pd.DataFrame(columns=schema.names).to_csv(f, index=False)
+    return lambda batch: batch.to_pandas().to_csv(f, header=False, index=False)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -71,7 +143,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    run = Run(args.run)
+    run = Run(args.run, create=False)
     df = query(run, args.sql, args.out, args.max_rows)
     with pd.option_context("display.max_columns", 30, "display.width", 200):
         print(df.to_string(index=False))

@@ -247,7 +247,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    run = Run(args.run)
+    run = Run(args.run, create=False)
     metrics = write_report(run, args.window, args.model)
     print(M.table_iv(metrics, run.path.name))
     for note in metrics.get("notes", []):

@@ -287,6 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     tol = Tolerance(args.length_tol, args.angle_tol, args.coord_tol)
-    stats = stats_stage(Run(args.run), args.table, args.training, tol, args.pyxtal_rows)
+    stats = stats_stage(Run(args.run, create=False), args.table, args.training, tol,
+                        args.pyxtal_rows)
     print(format_stats(stats))
     return 0

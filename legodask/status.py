@@ -12,6 +12,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    table = Run(args.run).status()
+    table = Run(args.run, create=False).status()
     print(table.to_string(index=False) if len(table) else f"{args.run}: no tables yet")
     return 0

@@ -85,9 +85,16 @@ class StageResult:
 class Run:
     """A run directory: the stage tables of one run and what of them is done."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, create: bool = True):
+        """Open the run at ``path``, making the directory when ``create``; commands
+        that only read pass ``create=False``, so that a mistyped path is an error
+        (``FileNotFoundError``), not a new empty run."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+        elif not self.path.is_dir():
+            raise FileNotFoundError(f"no such run: {self.path} (check the path; a run "
+                                    f"is made by the stage that writes it, e.g. ingest)")
 
     # -- names -------------------------------------------------------------
     def table_path(self, table: str) -> Path:

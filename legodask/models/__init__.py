@@ -5,7 +5,10 @@ one-hot blocks) and a stream of feature chunks, so it trains from a Zarr array o
 size holding one chunk in memory at a time.  ``fit`` runs the epochs, logs the losses
 (``losses.json``, ``losses.png``) and after each epoch the share of rows drawn that
 decode as valid crystals, keeps the best epoch (``best.pt``) and a resumable checkpoint
-(``last.pt``); ``load`` gives back a model and its encoder for sampling.
+(``last.pt``); ``load`` gives back a model and its encoder for sampling.  A model's
+directory holds JSON (``config.json``: hyper-parameters and encoder) and checkpoints
+of tensors and plain data, read with ``torch.load(weights_only=True)``: a model file
+from someone else's run is data, and loading it never runs code.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -156,9 +160,23 @@ def build(kind: str, encoder: Encoder, device: torch.device | None = None, seed:
 
 
 def _save(obj: Any, path: Path) -> None:
+    """Write a checkpoint atomically; ``obj`` holds only tensors, numbers, strings,
+    lists and dicts, all that ``_load`` accepts."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def _load(path: Path, device: torch.device) -> dict[str, Any]:
+    """A checkpoint written by ``_save``, read with ``weights_only``: a file that holds
+    anything but tensors and plain data (a pickled object, which could run code when
+    loaded) is refused with a ``ValueError``, never executed."""
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ValueError(f"{path} holds more than tensors and plain data, and is not "
+                         f"loaded: loading it could run code; retrain the model (legodask "
+                         f"train) or take the run from a source you trust") from exc
 
 
 def _write_json(obj: Any, path: Path) -> None:
@@ -202,10 +220,10 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
     _write_json(config, out / CONFIG)
     history: list[dict[str, float]] = []
     if resume and same and (out / LAST).exists():
-        ckpt = torch.load(out / LAST, map_location=model.device, weights_only=False)
+        ckpt = _load(out / LAST, model.device)
         model.load_state_dict(ckpt["model"])
         history = ckpt["history"]
-        torch.set_rng_state(ckpt["torch_rng"])
+        torch.set_rng_state(ckpt["torch_rng"].cpu())  # map_location may have moved it
         rng = np.random.default_rng()
         rng.bit_generator.state = ckpt["numpy_rng"]
         log.info("resuming %s at epoch %d", out, len(history))
@@ -215,7 +233,7 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
         model.prepare(stream)
     for epoch in range(len(history), epochs):
         t = time.perf_counter()
-        losses = model.train_epoch(stream, rng)
+        losses = {k: float(v) for k, v in model.train_epoch(stream, rng).items()}
         losses["seconds"] = time.perf_counter() - t  # the training alone, not the check
         if check_rows:
             losses.update(validity(model, encoder, check_rows, seed))
@@ -265,6 +283,5 @@ def load(model_dir: Path, device: torch.device | None = None) -> tuple[TabularMo
     cfg = json.loads((model_dir / CONFIG).read_text())
     encoder = Encoder.from_dict(cfg["encoder"])
     model = build(cfg["kind"], encoder, device, **cfg["hparams"])
-    state = torch.load(model_dir / BEST, map_location=model.device, weights_only=False)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(_load(model_dir / BEST, model.device)["model"])
     return model, encoder
