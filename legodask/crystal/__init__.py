@@ -1,0 +1,1 @@
+"""Crystal-level ideas: what a found crystal is (dimensionality, net topology)."""
