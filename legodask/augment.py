@@ -459,22 +459,20 @@ def _slice_frame(df: pd.DataFrame, start: int, stop: int, p: Params) -> pd.DataF
     return augment_frame(df.iloc[start:stop], p)
 
 
-def augment(run: Run, p: Params, per_task: int = 1) -> StageResult:
+def augment(run: Run, p: Params, per_task: int = 1, overwrite: bool = False) -> StageResult:
     """Augment ``RUN/ingested`` into ``RUN/augmented``: one task (and partition) per
     ``per_task`` structures of each input partition, so that no process holds more
-    than a few structures' rows and the table is the same for any worker count."""
+    than a few structures' rows and the table is the same for any worker count.  A
+    table made with other parameters is refused (``overwrite``: replaced)."""
     from .cluster import compute
 
     params = json.loads(json.dumps(dataclasses.asdict(p)))
-    old = run.info(TABLE).get("params")
-    if old is not None and old != params:
-        raise ValueError(f"{run.table_path(TABLE)} was made with other parameters "
-                         f"({old}); delete it to augment again")
     parts = run.read(SOURCE_TABLE).to_delayed()
     sizes = compute([dask.delayed(len)(part) for part in parts], desc="sizes")
     tasks = [dask.delayed(_slice_frame)(part, i, i + per_task, p)
              for part, n in zip(parts, sizes) for i in range(0, n, per_task)]
-    return run.write(TABLE, tasks, meta(), desc="augment", source=SOURCE_TABLE, params=params)
+    return run.write(TABLE, tasks, meta(), desc="augment", source=SOURCE_TABLE,
+                     overwrite=overwrite, params=params, per_task=per_task)
 
 
 # ---------------------------------------------------------------------------
@@ -507,6 +505,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default graphite)")
     parser.add_argument("--per-task", type=int, default=1,
                         help="structures per task and output partition")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the table when it was made with other parameters")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -514,6 +514,6 @@ def command(args: argparse.Namespace) -> int:
                max_per_parent=args.max_per_parent,
                max_per_structure=args.max_per_structure, tries=args.tries, eps=args.eps,
                timeout=args.timeout, check=args.check, environment=args.environment)
-    result = augment(Run(args.run), p, per_task=args.per_task)
+    result = augment(Run(args.run), p, per_task=args.per_task, overwrite=args.overwrite)
     print(result)
     return 0

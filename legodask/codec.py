@@ -383,6 +383,8 @@ def _site_reason(k: int, check: int, value: Any = None, n_wp: int = 0, spg: int 
                 f"of space group {spg}")
     if check == COORDINATES:
         return f"site {k}: coordinates have NaN or infinite values"
+    if value is None:
+        return f"site {k}: no element given (name it in el{k} or pass --element)"
     return f"site {k}: element {value!r} is not a chemical element"
 
 
@@ -579,6 +581,7 @@ def decode_frame_rowwise(df: pd.DataFrame, tol: float = 0.5, min_distance: float
                          ) -> pd.DataFrame:
     """``decode_frame`` row by row with ``decode_row``: the reference the vectorised
     decoder is tested against, and its path for rows that fail a cheap check."""
+    reasons = S.bad_values(df)
     df = S.conform(df)
     records = df.to_dict("records")
     out = []
@@ -596,7 +599,8 @@ def decode_frame_rowwise(df: pd.DataFrame, tol: float = 0.5, min_distance: float
         else:
             rec.update(_decoded_columns(dec))
         out.append(rec)
-    return S.conform(pd.DataFrame.from_records(out, columns=list(df.columns), index=df.index))
+    out = S.conform(pd.DataFrame.from_records(out, columns=list(df.columns), index=df.index))
+    return _keep_bad_values(out, df, reasons)
 
 
 def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
@@ -610,7 +614,10 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     bit, computed with array operations: projections per (space group, Wyckoff
     index), distance checks per symmetry.
     Rows whose group or cell is wrong take the row-wise path, which words the reason.
+    A row with a value its column cannot hold (``schema.bad_values``: ``wp1 = '2b'``,
+    ``spg = 70000``) is invalid with that reason, whatever the rest of it decodes to.
     """
+    reasons = S.bad_values(df)
     df = S.conform(df)
     n = len(df)
     v = _FrameArrays(df, default_element)
@@ -662,7 +669,24 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
         ref = decode_frame_rowwise(df[~fast], tol, min_distance, max_atoms, default_element)
         for c in _REWRITTEN:
             cols[c][~fast] = ref[c].to_numpy()
-    return S.conform(df.assign(**cols))
+    return _keep_bad_values(S.conform(df.assign(**cols)), df, reasons)
+
+
+def _keep_bad_values(out: pd.DataFrame, given: pd.DataFrame, reasons: pd.Series
+                     ) -> pd.DataFrame:
+    """The decoded frame ``out`` with the rows that have a bad value (``reasons``) as
+    they were ``given`` (conformed), invalid, with the reason."""
+    bad = reasons.notna().to_numpy()
+    if not bad.any():
+        return out
+    out = out.copy()
+    for c in _REWRITTEN:
+        out.loc[bad, c] = given.loc[bad, c]
+    out.loc[bad, "valid_xtal"] = False
+    out.loc[bad, "error"] = reasons[bad]
+    out.loc[bad, "n_sites"] = (given.loc[bad, S.WP] >= 0).sum(axis=1).astype("int8")
+    out.loc[bad, ["natoms", "dof"]] = 0
+    return out
 
 
 # the columns that decoding rewrites
@@ -984,24 +1008,8 @@ class Grid:
 
 
 def from_reference_layout(df: pd.DataFrame, element: str = "C") -> pd.DataFrame:
-    """Rows in the reference implementation's CSV layout (39 numeric columns,
-    angles in radians, ``-1`` padding, optional ``energy``/``label``) -> table rows."""
-    numeric = [c for c in df.columns if c not in ("energy", "label")]
-    if len(numeric) < 7 or (len(numeric) - 7) % 4:
-        raise ValueError(f"expected 7 + 4k numeric columns, got {len(numeric)}")
-    vals = df[numeric].to_numpy(float)
-    out = pd.DataFrame({"spg": vals[:, 0]}, index=df.index)
-    for i, c in enumerate(S.CELL):
-        out[c] = np.degrees(vals[:, 1 + i]) if c in S.ANGLES else vals[:, 1 + i]
-    n_sites = min((len(numeric) - 7) // 4, S.MAX_SITES)
-    for k in range(n_sites):
-        wp, x, y, z = vals[:, 7 + 4 * k: 11 + 4 * k].T
-        used = wp >= 0
-        out[f"wp{k}"] = np.where(used, wp, -1)
-        out[f"el{k}"] = np.where(used, element, None)
-        for col, v in zip(S.XYZ[k], (x, y, z)):
-            out[col] = np.where(used, v, np.nan)
-    for extra in ("energy", "label"):
-        if extra in df.columns:
-            out[extra] = df[extra].to_numpy()
-    return out
+    """Rows in the reference implementation's CSV layout, columns by position (angles
+    in radians, ``-1`` padding, optional ``energy``/``label``) -> table rows."""
+    from . import layouts
+
+    return layouts.to_table(df, layouts.Layout(layouts.REFERENCE, True, element))

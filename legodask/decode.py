@@ -1,45 +1,78 @@
 """``legodask decode``: raw rows (generated, or from a file) -> decoded rows.
 
 The per-partition kernel is ``codec.decode_frame``; this module only maps it over
-a table of the run, or over an external Parquet/CSV file, and writes the result.
+a table of the run, or over an external Parquet/CSV file in the table's layout or
+the reference implementation's (``legodask.layouts``), and writes the result.
+Every row gets an id: its own, else ``<input name>-<row number>``.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
+import logging
 from pathlib import Path
 
+import dask
 import dask.dataframe as dd
+import numpy as np
+import pandas as pd
 
-from . import codec
+from . import codec, layouts
 from . import schema as S
 from .store import Run, StageResult
 
+log = logging.getLogger("legodask")
 
-def read_input(run: Run, source: str, element: str = "C") -> dd.DataFrame:
-    """A run's table by name, or a Parquet/CSV path (reference 39-column CSV too)."""
-    if not Path(source).exists() and run.table_path(source).exists():
-        return run.read(source)
+
+def read_input(run: Run, source: str, layout: str = layouts.AUTO, element: str | None = None
+               ) -> tuple[dd.DataFrame, layouts.Layout | None]:
+    """A run's table by name (its rows as they are, layout ``None``), or a Parquet/CSV
+    file and the layout it is read in."""
     p = Path(source)
+    if not p.exists():
+        if run.table_path(source).exists():
+            return run.read(source), None
+        raise FileNotFoundError(f"{source}: no such file, and no table {source!r} in {run.path}")
+    if p.is_file() and p.suffix not in (".csv", ".parquet"):
+        raise ValueError(f"{p}: expected a .csv or .parquet file, or a table of the run")
+    columns = layouts.read_header(p)
+    lay = layouts.choose(columns, layout, element, where=str(p))
     if p.suffix == ".csv":
-        df = dd.read_csv(p, blocksize="16MB")
-        if "spg" not in df.columns:
-            df = df.map_partitions(codec.from_reference_layout, element=element)
-        return df
-    return dd.read_parquet(str(p))
+        return dd.read_csv(p, blocksize="16MB", **layouts.csv_options(p, columns, lay)), lay
+    return dd.read_parquet(str(p)), lay
+
+
+def decode_part(df: pd.DataFrame, layout: layouts.Layout | None, name: str, offset: int,
+                tol: float, min_distance: float, element: str | None) -> pd.DataFrame:
+    """The kernel: rows ``offset``, ... of input ``name`` read in ``layout``, with ids,
+    decoded."""
+    if layout is not None:
+        df = layouts.to_table(df, layout)
+    return codec.decode_frame(layouts.with_ids(df, name, offset), tol=tol,
+                              min_distance=min_distance, default_element=element)
 
 
 def decode(run: Run, source: str, output: str = "decoded", tol: float = 0.5,
-           min_distance: float = 0.6, element: str | None = None) -> StageResult:
+           min_distance: float = 0.6, element: str | None = None,
+           layout: str = layouts.AUTO, overwrite: bool = False) -> StageResult:
     """Decode every row of ``source`` into ``RUN/<output>.parquet``."""
-    ddf = read_input(run, source, element or "C")
-    extra = {c: str(t) for c, t in ddf.dtypes.items() if c not in S.COLUMNS}
+    from .cluster import compute
+
+    ddf, lay = read_input(run, source, layout, element)
+    if lay is not None:
+        log.info("%s: read in %s", source, lay.describe())
+    first = ddf._meta if lay is None else layouts.to_table(ddf._meta, lay)
+    extra = {c: str(t) for c, t in first.dtypes.items() if c not in S.COLUMNS}
     meta = S.empty_frame(extra)
-    kernel = functools.partial(codec.decode_frame, tol=tol, min_distance=min_distance,
-                               default_element=element)
-    parts = ddf.map_partitions(kernel, meta=meta).to_delayed()
-    return run.write(output, parts, meta, desc="decode", input=str(source))
+    parts = ddf.to_delayed()
+    sizes = compute([dask.delayed(len)(p) for p in parts], desc="rows")
+    offsets = np.cumsum([0, *sizes[:-1]]).tolist()
+    name = Path(source).stem
+    tasks = [dask.delayed(decode_part)(p, lay, name, int(o), tol, min_distance, element)
+             for p, o in zip(parts, offsets)]
+    return run.write(output, tasks, meta, desc="decode", source=str(source),
+                     overwrite=overwrite, tol=tol, min_distance=min_distance,
+                     element=element, layout=None if lay is None else lay.describe())
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,11 +83,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="how far (Å) a site may lie from its Wyckoff position")
     p.add_argument("--min-distance", type=float, default=0.6,
                    help="atoms closer than this (Å) make a row invalid")
-    p.add_argument("--element", default=None, help="element of sites that name none")
+    p.add_argument("--element", default=None,
+                   help="element of sites that name none (reference layout: default C)")
+    p.add_argument("--layout", choices=layouts.LAYOUTS, default=layouts.AUTO,
+                   help="columns of a file: the structure table's by name (table), "
+                        "LEGO-xtal's with angles in radians (reference; by position when "
+                        "the names are others), or recognised from the header (auto)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the output table when it was made from other input")
 
 
 def command(args: argparse.Namespace) -> int:
     result = decode(Run(args.run), args.input, args.output, args.tol, args.min_distance,
-                    args.element)
+                    args.element, args.layout, args.overwrite)
     print(result)
     return 0

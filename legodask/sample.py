@@ -26,7 +26,7 @@ import torch
 from . import codec, models
 from . import schema as S
 from .encode import Encoder
-from .store import Run, StageResult
+from .store import Run, StageResult, fingerprint
 
 log = logging.getLogger("legodask")
 
@@ -93,7 +93,8 @@ def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
 
 def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int] | None = None,
                  rows_per_part: int = 50_000, table: str = TABLE,
-                 batch_rows: int = 10_000, min_distance: float = 0.6) -> StageResult:
+                 batch_rows: int = 10_000, min_distance: float = 0.6,
+                 overwrite: bool = False) -> StageResult:
     """Write ``n`` decoded rows of model ``model`` as table ``table``, one task per
     partition of ``rows_per_part`` rows; ``min_distance=0`` keeps crystals whose atoms
     overlap as valid (the paper's decoder checks no distances), for the pre-relaxation
@@ -113,8 +114,11 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
                                                         spgs, batch_rows, min_distance)
              for i, size in enumerate(sizes)]
     info: dict[str, Any] = {"model": model, "n": n, "seed": seed, "spgs": spgs,
-                            "min_distance": min_distance}
-    return run.write(table, parts, S.empty_frame(), desc=f"sample {model}", **info)
+                            "min_distance": min_distance, "rows_per_part": rows_per_part,
+                            "batch_rows": batch_rows,
+                            "model_file": fingerprint(model_dir / models.BEST)}
+    return run.write(table, parts, S.empty_frame(), desc=f"sample {model}",
+                     overwrite=overwrite, **info)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,10 +135,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-distance", type=float, default=0.6,
                         help="atoms closer than this (Å) make a row invalid; 0 keeps "
                         "overlapping crystals for the pre-relaxation, as the paper does")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the table when it was drawn with other options")
 
 
 def command(args: argparse.Namespace) -> int:
     result = sample_stage(Run(args.run), args.model, args.n, args.seed, args.spg,
-                          args.rows_per_part, args.table, args.batch_rows, args.min_distance)
+                          args.rows_per_part, args.table, args.batch_rows, args.min_distance,
+                          args.overwrite)
     print(result)
     return 0

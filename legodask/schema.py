@@ -29,6 +29,11 @@ EL = [f"el{k}" for k in range(MAX_SITES)]
 XYZ = [[f"x{k}", f"y{k}", f"z{k}"] for k in range(MAX_SITES)]
 XYZ_FLAT = [c for trio in XYZ for c in trio]
 
+ID = "id"
+# The reference implementation's (LEGO-xtal) CSV files: the tabular columns, angles
+# in radians, no elements, optionally followed by these.
+REFERENCE_EXTRA = ["energy", "label"]
+
 # Columns filled by decoding (codec.decode_frame).
 DERIVED = ["natoms", "n_sites", "dof", "valid_xtal", "error"]
 
@@ -95,13 +100,16 @@ def conform(df: pd.DataFrame, extra: dict[str, str] | None = None) -> pd.DataFra
 
     Missing columns are filled with their null (``-1`` for ``wpK``); columns that
     are not in the schema are kept after the schema's own (source key-value data,
-    stage outputs).
+    stage outputs).  A value that does not fit its column (see ``bad_values``) is
+    never cast silently: it becomes the column's null (or its bound, when out of
+    range) and its row ``valid_xtal = False`` with the column and value in ``error``.
     """
     out = {}
     n = len(df)
     dtypes = pandas_dtypes()
     if extra:
         dtypes.update(extra)
+    reasons = bad_values(df)
     for col, dtype in dtypes.items():
         if col in df.columns:
             s = df[col]
@@ -118,7 +126,9 @@ def conform(df: pd.DataFrame, extra: dict[str, str] | None = None) -> pd.DataFra
         if dtype == "object":
             s = s.astype(object).where(s.notna(), None)
         elif dtype.startswith("int"):
-            s = pd.to_numeric(s, errors="coerce").fillna(-1 if col in WP else 0).astype(dtype)
+            s = _as_int(s, dtype, -1 if col in WP else 0)
+        elif dtype == "float64" and s.dtype.kind not in "iufb":
+            s = pd.to_numeric(s, errors="coerce").astype(dtype)
         else:
             s = s.astype(dtype)
         out[col] = s
@@ -126,4 +136,82 @@ def conform(df: pd.DataFrame, extra: dict[str, str] | None = None) -> pd.DataFra
     frame = pd.DataFrame(out, index=df.index)
     if rest:
         frame = pd.concat([frame, df[rest]], axis=1)
+    bad = reasons.notna().to_numpy()
+    if bad.any():
+        old = frame["error"].where(frame["error"].notna() & ~frame["valid_xtal"], None)
+        frame.loc[bad, "error"] = [r if o is None else f"{o}; {r}"
+                                   for r, o in zip(reasons[bad], old[bad])]
+        frame.loc[bad, "valid_xtal"] = False
     return frame
+
+
+def _numbers(s: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """``(values as floats, mask of values given that are not numbers)``."""
+    if s.dtype.kind in "iufb":
+        return s.to_numpy(float), np.zeros(len(s), bool)
+    v = pd.to_numeric(s.astype(object).where(s.notna(), None), errors="coerce")
+    v = v.to_numpy(float)
+    return v, s.notna().to_numpy() & np.isnan(v)
+
+
+def _as_int(s: pd.Series, dtype: str, null: int) -> pd.Series:
+    """``s`` as integer ``dtype``: missing and non-integer values become ``null``, values
+    out of the dtype's range its bound (``bad_values`` gives the rows' reasons)."""
+    if s.dtype.kind in "iu" and s.dtype.itemsize <= np.dtype(dtype).itemsize:
+        return s.astype(dtype)
+    info = np.iinfo(dtype)
+    v, _ = _numbers(s)
+    with np.errstate(invalid="ignore"):
+        ok = np.isfinite(v) & (v == np.round(v))
+        v = np.where(ok, np.clip(v, info.min, info.max), null)
+    return pd.Series(v.astype(dtype), index=s.index)
+
+
+def _show(value: object) -> str:
+    """A value as a reason quotes it: 65730 (not 65730.0), 'abc'."""
+    if isinstance(value, (float, np.floating)) and np.isfinite(value) and value == round(value):
+        return str(int(value))
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def bad_values(df: pd.DataFrame) -> pd.Series:
+    """Per row, why its structure columns cannot be stored as the schema's types (None
+    where they can): a text that is not a number, a number that is not an integer or
+    is outside its integer type's range, or an empty ``wpK`` of a site that has an
+    element or coordinates.  ``conform`` marks these rows invalid with the reason."""
+    reasons: list[list[str]] = [[] for _ in range(len(df))]
+    dtypes = pandas_dtypes()
+    for col in df.columns:
+        dtype = dtypes.get(col)
+        if dtype is None or dtype in ("object", "bool"):
+            continue
+        s = df[col]
+        if dtype == "float64" and s.dtype.kind in "iuf":
+            continue
+        v, text = _numbers(s)
+        for i in np.flatnonzero(text):
+            reasons[i].append(f"{col} = {_show(s.iloc[i])} is not a number")
+        if not dtype.startswith("int") or s.dtype == dtype:
+            continue
+        info = np.iinfo(dtype)
+        with np.errstate(invalid="ignore"):
+            whole = np.isfinite(v) & (v == np.round(v))
+            frac = ~np.isnan(v) & ~whole
+            wide = whole & ((v < info.min) | (v > info.max))
+        for i in np.flatnonzero(frac):
+            reasons[i].append(f"{col} = {_show(s.iloc[i])} is not an integer")
+        for i in np.flatnonzero(wide):
+            reasons[i].append(f"{col} = {_show(s.iloc[i])} is outside the column's "
+                              f"range {info.min}..{info.max}")
+    for k, wp in enumerate(WP):
+        if wp not in df.columns:
+            continue
+        given = [c for c in (EL[k], *XYZ[k]) if c in df.columns]
+        if not given:
+            continue
+        empty = df[wp].isna().to_numpy() & df[given].notna().any(axis=1).to_numpy()
+        for i in np.flatnonzero(empty):
+            reasons[i].append(f"{wp} is empty but site {k} has "
+                              f"{', '.join(c for c in given if pd.notna(df[c].iloc[i]))}")
+    return pd.Series(["; ".join(r) if r else None for r in reasons], index=df.index,
+                     dtype=object)

@@ -12,6 +12,7 @@ skipped; the rest is ingested.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -28,7 +29,7 @@ import dask
 import numpy as np
 import pandas as pd
 
-from . import codec
+from . import codec, layouts
 from . import schema as S
 from .store import Run
 
@@ -174,45 +175,55 @@ def _read_atoms(item: Item) -> tuple[Any, dict[str, Any]]:
     return atoms, _extra(kv)
 
 
-def read_items(items: list[Item], symprec: float, source: str) -> pd.DataFrame:
+def read_items(items: list[Item], symprec: float, source: str,
+               min_distance: float = 0.6) -> pd.DataFrame:
     """Read and symmetrise a list of structure items (the ingest kernel).  An item
-    that cannot be read becomes a row with ``valid_xtal`` false and the reason."""
+    that cannot be read, or whose row decoding calls invalid (``check_rows``),
+    becomes a row with ``valid_xtal`` false and the reason."""
     rows = []
     for it in items:
         try:
             atoms, extra = _read_atoms(it)
             if len(atoms) == 0:
                 raise ValueError("no atoms")
+            if not atoms.pbc.all() or atoms.cell.rank < 3:
+                raise ValueError("no periodic cell (a molecule or a slab?): a crystal needs "
+                                 "three cell vectors, periodic in every direction")
             row = codec.atoms_to_row(atoms, symprec=symprec, **extra)
         except Exception as exc:  # malformed files: reported, never fatal
-            log.warning("%s: cannot read %s (%s)", source, it.path, exc)
-            row = {"valid_xtal": False, "error": f"unreadable {it.path}: {exc}"}
+            why = str(exc) or f"{type(exc).__name__}, not a readable {it.kind} file"
+            log.warning("%s: cannot read %s (%s)", source, it.path, why)
+            row = {"valid_xtal": False, "error": f"unreadable {it.path}: {why}"}
         row.update(id=it.id, source=source, parent_id=None)
         rows.append(row)
-    return S.conform(pd.DataFrame.from_records(rows))
+    return check_rows(S.conform(pd.DataFrame.from_records(rows)), min_distance)
 
 
-def read_table(path: str, element: str = "C") -> pd.DataFrame:
-    """A CSV/Parquet table: the table's own layout, or the reference 39-column CSV."""
+def check_rows(df: pd.DataFrame, min_distance: float = 0.6) -> pd.DataFrame:
+    """``df`` with the rows that it calls valid but decoding does not (atoms closer than
+    ``min_distance`` Å, ...) invalid, with decoding's reason; no value is rewritten."""
+    verdict = codec.decode_frame(df, min_distance=min_distance)
+    bad = df["valid_xtal"].to_numpy(bool) & ~verdict["valid_xtal"].to_numpy(bool)
+    if not bad.any():
+        return df
+    out = df.copy()
+    out.loc[bad, "valid_xtal"] = False
+    out.loc[bad, "error"] = verdict.loc[bad, "error"]
+    return out
+
+
+def read_table(path: str, element: str = "C", min_distance: float = 0.6) -> pd.DataFrame:
+    """A CSV/Parquet table in the table's own layout or the reference implementation's
+    (``layouts.choose``), decoded; rows without an id get ``<file stem>-<row>``."""
     p = Path(path)
-    df = pd.read_parquet(p) if p.suffix == ".parquet" else pd.read_csv(p)
-    if "spg" not in df.columns:
-        header = [float(c) if _is_number(c) else None for c in df.columns]
-        if None not in header and header != list(range(len(header))):  # headerless CSV
-            df = pd.read_csv(p, header=None)
-        df = codec.from_reference_layout(df, element=element)
-    if "id" not in df.columns:
-        df["id"] = [f"{p.stem}-{i}" for i in range(len(df))]
+    columns = layouts.read_header(p)
+    layout = layouts.choose(columns, element=element, where=str(p))
+    log.info("%s: read in %s", p, layout.describe())
+    df = pd.read_parquet(p) if p.suffix == ".parquet" else \
+        pd.read_csv(p, **layouts.csv_options(p, columns, layout))
+    df = layouts.with_ids(layouts.to_table(df, layout), p.stem, 0)
     df["source"] = p.name
-    return codec.decode_frame(S.conform(df))
-
-
-def _is_number(s: Any) -> bool:
-    try:
-        float(s)
-        return True
-    except (TypeError, ValueError):
-        return False
+    return codec.decode_frame(df, min_distance=min_distance)
 
 
 # ---------------------------------------------------------------------------
@@ -226,6 +237,7 @@ class TrainingFilter:
     max_atoms: int = 500
     max_sites: int = S.MAX_SITES
     max_dof: int = 24
+    elements: tuple[str, ...] = ("C",)   # the elements the models learn
 
     def apply(self, df: pd.DataFrame) -> pd.DataFrame:
         """Add ``train`` (bool) and ``filter_reason`` (why a row is left out)."""
@@ -235,6 +247,7 @@ class TrainingFilter:
             (df["natoms"] > self.max_atoms, f"more than {self.max_atoms} atoms"),
             (df["dof"] > self.max_dof, f"more than {self.max_dof} free variables"),
             (~df["valid_xtal"].astype(bool), "invalid: " + df["error"].astype(str)),
+            *self._element_check(df),
         ]
         for mask, why in checks:
             new = mask & reasons.isna()
@@ -243,6 +256,17 @@ class TrainingFilter:
         out["train"] = reasons.isna()
         out["filter_reason"] = reasons
         return out
+
+    def _element_check(self, df: pd.DataFrame) -> list[tuple[pd.Series, pd.Series]]:
+        """Rows with elements other than ``elements``, and the reason."""
+        allowed = set(self.elements)
+        others = [sorted(set(e for e in els if isinstance(e, str)) - allowed)
+                  for els in df[S.EL].to_numpy(object)]
+        mask = pd.Series([bool(o) for o in others], index=df.index)
+        why = pd.Series([f"element(s) {', '.join(o)} not among the training elements "
+                         f"{', '.join(self.elements)} (--train-elements)" for o in others],
+                        index=df.index)
+        return [(mask, why)]
 
 
 # ---------------------------------------------------------------------------
@@ -254,16 +278,18 @@ INGEST_EXTRA = {"train": "bool", "filter_reason": "object"}
 
 def ingest(run: Run, source: str | os.PathLike, symprec: float = 1e-3,
            filt: TrainingFilter = TrainingFilter(), element: str = "C",
-           items_per_task: int = 16, table: str = "ingested") -> pd.DataFrame:
+           items_per_task: int = 16, table: str = "ingested", min_distance: float = 0.6,
+           overwrite: bool = False) -> pd.DataFrame:
     """Read ``source`` into ``RUN/<table>.parquet``; return a summary of what the
-    training filter kept and dropped, per reason."""
+    training filter kept and dropped, per reason.  Rows get decoding's checks (atoms
+    closer than ``min_distance`` Å make a row invalid)."""
     items = list_items(source)
     name = Path(source).name
     if items[0].kind == "table":
-        parts = [dask.delayed(read_table)(items[0].path, element)]
+        parts = [dask.delayed(read_table)(items[0].path, element, min_distance)]
     else:
         chunks = [items[i:i + items_per_task] for i in range(0, len(items), items_per_task)]
-        parts = [dask.delayed(read_items)(c, symprec, name) for c in chunks]
+        parts = [dask.delayed(read_items)(c, symprec, name, min_distance) for c in chunks]
     parts = [dask.delayed(filt.apply)(p) for p in parts]
     # The source's own columns are known only once read: the first part is read
     # here and gives the meta; a db's key-value columns are scanned from all rows.
@@ -273,7 +299,9 @@ def ingest(run: Run, source: str | os.PathLike, symprec: float = 1e-3,
         if col not in meta:
             meta[col] = pd.Series(dtype=dtype)
     parts[0] = dask.delayed(first)
-    run.write(table, parts, meta, desc="ingest", source=str(source), symprec=symprec)
+    run.write(table, parts, meta, desc="ingest", source=str(source), overwrite=overwrite,
+              symprec=symprec, element=element, items_per_task=items_per_task,
+              min_distance=min_distance, filter=dataclasses.asdict(filt))
     from .cluster import compute
 
     reasons = run.read(table, columns=["filter_reason"])["filter_reason"]
@@ -308,12 +336,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-dof", type=int, default=24)
     p.add_argument("--element", default="C", help="element of reference-layout CSV rows")
     p.add_argument("--table", default="ingested", help="output table name")
+    p.add_argument("--train-elements", default="C",
+                   help="comma-separated elements the models learn; rows with others "
+                        "get train = false")
+    p.add_argument("--min-distance", type=float, default=0.6,
+                   help="atoms closer than this (Å) make a row invalid")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the table when it was made from another source")
 
 
 def command(args: argparse.Namespace) -> int:
     source = args.source or sacada_db()
+    elements = tuple(e.strip() for e in args.train_elements.split(",") if e.strip())
     summary = ingest(Run(args.run), source, args.symprec,
-                     TrainingFilter(args.max_atoms, args.max_sites, args.max_dof),
-                     args.element, table=args.table)
+                     TrainingFilter(args.max_atoms, args.max_sites, args.max_dof, elements),
+                     args.element, table=args.table, min_distance=args.min_distance,
+                     overwrite=args.overwrite)
     print(summary.to_string())
     return 0

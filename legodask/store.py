@@ -4,22 +4,35 @@ Layout::
 
     RUN/<table>.parquet/part-00000.parquet   one file per partition
     RUN/<table>.parquet/_done.json           written when every partition is there
+    RUN/<table>.parquet/_made_from.json      what the table is made from (when started)
+    RUN/<table>.parquet/_writing.lock        held by the process writing it (pid, host)
     RUN/models/<name>/                       trained models
     RUN/logs/legodask.log                    the run's log
 
 A partition is written to a hidden temporary name and renamed into place, so a
 file that exists is complete.  A stage that is rerun skips the partitions whose
 files exist: a crash or a killed worker loses nothing and duplicates nothing.
+A table records, when it is started, what it is made from (the source table's
+``_done.json`` or the input file's fingerprint, and the options that change
+results); a rerun from other input or with other options is refused, never mixed
+in, and ``overwrite`` starts the table again.  One process writes a table at a
+time: a second one refuses while the first's lock is there (a lock left by a dead
+process on this host is taken over).
 Nothing but this module knows the file names in a run directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +47,10 @@ from dask.delayed import Delayed
 from . import schema as S
 
 log = logging.getLogger("legodask")
+
+MADE_FROM = "_made_from.json"
+LOCK = "_writing.lock"
+_HELD: set[Path] = set()   # the locks this process holds
 
 _ARROW_OF = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
@@ -164,12 +181,56 @@ class Run:
                                aggregate_files=False)
 
     # -- writing -----------------------------------------------------------
+    def made_from(self, source: str | None, **options: Any) -> dict[str, Any]:
+        """What a table made from ``source`` (a table of this run, or a file or folder)
+        with ``options`` is made from, as JSON values."""
+        src: dict[str, Any] | None = None
+        if source is not None:
+            p = Path(source)
+            if not p.exists() and self.table_path(source).is_dir():
+                src = {"table": source, "done": self.info(source)}
+            else:
+                src = fingerprint(p) if p.exists() else {"name": source}
+        return json.loads(json.dumps({"source": src, "options": options}, default=str))
+
+    @contextlib.contextmanager
+    def writing(self, table: str, source: str | None = None, overwrite: bool = False,
+                **options: Any) -> Iterator[Path]:
+        """Hold table ``table``'s lock while it is written from ``source`` with
+        ``options``: refuse when it was started from other input or options (or
+        remove it first when ``overwrite``), else record what it is made from."""
+        made = self.made_from(source, **options)
+        d = self.table_path(table)
+        with _lock(d / LOCK):
+            if overwrite:
+                for p in d.iterdir():
+                    if p.name != LOCK:
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+            f = d / MADE_FROM
+            old = json.loads(f.read_text()) if f.exists() else None
+            if old is not None and old != made:
+                raise ValueError(f"{d} was made from other input or with other parameters "
+                                 f"({_differences(old, made)}); pass --overwrite to replace "
+                                 f"it, or give a new --output table")
+            if old is None:
+                tmp = f.with_name(f".{f.name}.tmp")
+                tmp.write_text(json.dumps(made, indent=1))
+                os.replace(tmp, f)
+            yield d
+
     def write(self, table: str, parts: Sequence[Delayed], meta: pd.DataFrame,
-              desc: str | None = None, **info: Any) -> StageResult:
+              desc: str | None = None, source: str | None = None, overwrite: bool = False,
+              **info: Any) -> StageResult:
         """Compute and write partitions ``parts[i]`` that are not done yet, then
-        mark the table complete.  ``parts[i]`` produces a pandas frame like ``meta``."""
-        out = self.table_path(table)
-        out.mkdir(parents=True, exist_ok=True)
+        mark the table complete.  ``parts[i]`` produces a pandas frame like ``meta``;
+        ``source`` and ``info`` (the options that change results) are what the table
+        is made from (``writing``)."""
+        with self.writing(table, source, overwrite, **info):
+            return self._write(table, parts, meta, desc,
+                               **({"source": source} if source is not None else {}), **info)
+
+    def _write(self, table: str, parts: Sequence[Delayed], meta: pd.DataFrame,
+               desc: str | None, **info: Any) -> StageResult:
         schema = arrow_schema(meta)
         done = self.done_parts(table)
         todo = [i for i in range(len(parts)) if i not in done]
@@ -186,12 +247,16 @@ class Run:
 
     def map_table(self, src: str, dst: str, kernel: Callable[..., pd.DataFrame],
                   meta: pd.DataFrame, desc: str | None = None,
-                  annotations: dict[str, Any] | None = None, **kwargs: Any) -> StageResult:
-        """Apply a per-partition ``kernel`` to table ``src`` and write table ``dst``."""
+                  annotations: dict[str, Any] | None = None,
+                  options: dict[str, Any] | None = None, overwrite: bool = False,
+                  **kwargs: Any) -> StageResult:
+        """Apply a per-partition ``kernel`` to table ``src`` and write table ``dst``;
+        ``options``: the stage's options that change results."""
         ddf = self.read(src)
         with dask.annotate(**(annotations or {})):
             mapped = ddf.map_partitions(kernel, meta=meta, **kwargs)
-        return self.write(dst, mapped.to_delayed(), meta, desc=desc or dst, source=src)
+        return self.write(dst, mapped.to_delayed(), meta, desc=desc or dst, source=src,
+                          overwrite=overwrite, **(options or {}))
 
     def write_frame_table(self, table: str, df: pd.DataFrame, meta: pd.DataFrame | None = None,
                           rows_per_part: int = 50_000) -> StageResult:
@@ -201,6 +266,109 @@ class Run:
         parts = [dask.delayed(df.iloc[i * rows_per_part:(i + 1) * rows_per_part])
                  for i in range(n)]
         return self.write(table, parts, meta)
+
+
+def fingerprint(path: Path) -> dict[str, Any]:
+    """What tells one input from another: a file's name, size, modification time
+    and SHA-256 of its first MiB; a folder's name and the same of its file list."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = "\n".join(f"{p.relative_to(path)} {p.stat().st_size} {p.stat().st_mtime_ns}"
+                            for p in files)
+        return {"folder": path.name, "files": len(files),
+                "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+    st = path.stat()
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "sha256_first_mib": hashlib.sha256(head).hexdigest()}
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two ``made_from`` records, in a few words."""
+    def name(src: Any) -> Any:
+        return next((src[k] for k in ("table", "file", "folder", "name") if k in src), src) \
+            if isinstance(src, dict) else src
+
+    out = []
+    if old.get("source") != new.get("source"):
+        was, now = name(old.get("source")), name(new.get("source"))
+        out.append(f"source {was} -> {now}" if was != now else f"source {now} has changed")
+    o, n = old.get("options", {}), new.get("options", {})
+    out += [f"{k} {o.get(k)!r} -> {n.get(k)!r}" for k in sorted(set(o) | set(n))
+            if o.get(k) != n.get(k)]
+    return "; ".join(out)
+
+
+class TableBusy(OSError):
+    """Another process is writing the table."""
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """Hold the lock file ``path`` (created with ``O_EXCL``, holding pid and host); a
+    lock of a process that is gone from this host is taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname()}
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(path)
+            if holder is None or not _stale(path, holder, me):
+                who = "another process" if holder is None else \
+                    f"process {holder.get('pid')} on {holder.get('host')}"
+                raise TableBusy(f"{path.parent} is being written by {who} (lock file "
+                                f"{path}); wait for it to finish, or delete the lock file "
+                                f"if that process is gone") from None
+            log.warning("taking over %s, left by process %s that is gone", path,
+                        holder.get("pid"))
+            path.unlink(missing_ok=True)
+            continue
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        break
+    else:
+        raise TableBusy(f"could not take the lock file {path}")
+    _HELD.add(path)
+    try:
+        yield
+    finally:
+        _HELD.discard(path)
+        path.unlink(missing_ok=True)
+
+
+def _holder(path: Path) -> dict[str, Any] | None:
+    """The pid and host in a lock file; ``{}`` when it is unreadable and old (a writer
+    that died between creating and filling it), None while it may be being filled."""
+    import time
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        try:
+            return {} if time.time() - path.stat().st_mtime > 10 else None
+        except FileNotFoundError:
+            return {}
+
+
+def _stale(path: Path, holder: dict[str, Any], me: dict[str, Any]) -> bool:
+    """Whether a lock's holder is gone: a dead pid on this host (or this process's own
+    pid on a lock it does not hold, a pid reused)."""
+    if not holder:
+        return True
+    if holder.get("host") != me["host"]:
+        return False
+    pid = int(holder.get("pid", 0))
+    if pid == me["pid"]:
+        return path not in _HELD
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _check_readable(d: Path) -> None:
