@@ -14,7 +14,6 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
-from itertools import takewhile
 
 from .cluster import LOCAL_DASHBOARD
 
@@ -37,8 +36,10 @@ COMMANDS: dict[str, tuple[str, str, bool]] = {
     "stats": ("legodask.stats", "summaries of a table against the paper's", False),
     "status": ("legodask.status", "which stages and partitions of a run are done", False),
 }
-# Commands that only read a run: they neither create it nor write its log, so they
-# work on a run directory that is not theirs to write.
+# Commands that report on a run: they never create one (a mistyped path is an error).
+REPORTS = {"query", "export", "status", "stats", "metrics", "report"}
+# Of those, the ones that write nothing into it, not even its log, so that they work
+# on a run directory that is not theirs to write.
 READ_ONLY = {"query", "export", "status"}
 
 
@@ -77,9 +78,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def setup_logging(verbose: bool, run_dir: str | None = None) -> None:
-    """Log legodask's messages to stderr and, for a run, to ``RUN/logs/legodask.log``;
-    a run whose log cannot be written is an error (``PermissionError``) naming it."""
+def setup_logging(verbose: bool, run_dir: str | None = None, create: bool = True) -> None:
+    """Log legodask's messages to stderr and, for a run, to ``RUN/logs/legodask.log``
+    (making the run when ``create``); a run whose log cannot be written is an error
+    (``PermissionError``) naming it."""
     logger = logging.getLogger("legodask")
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
     logger.handlers.clear()
@@ -87,8 +89,9 @@ def setup_logging(verbose: bool, run_dir: str | None = None) -> None:
     if run_dir:
         from .store import Run
 
+        run = Run(run_dir, create=create)
         try:
-            handlers.append(logging.FileHandler(Run(run_dir).log_file))
+            handlers.append(logging.FileHandler(run.log_file))
         except OSError as exc:
             raise PermissionError(f"cannot write to the run {run_dir} ({exc.strerror or exc}): "
                                   f"this command writes into it; use a run you may write to, "
@@ -99,8 +102,8 @@ def setup_logging(verbose: bool, run_dir: str | None = None) -> None:
 
 
 def message(exc: BaseException) -> str:
-    """One line saying what went wrong: the innermost cause's text up to DuckDB's
-    echo of the SQL, and for a missing file its path and what to check."""
+    """One line saying what went wrong: the innermost cause's text, and for a missing
+    file its path and what to check."""
     while exc.__cause__ is not None and type(exc.__cause__) is type(exc):
         exc = exc.__cause__  # dask re-raises a stage's error with its own preamble
     text = str(exc).strip()
@@ -108,9 +111,7 @@ def message(exc: BaseException) -> str:
                                                else None)
     if isinstance(exc, FileNotFoundError) and path:
         return f"no such file or directory: {path} (check the path)"
-    # DuckDB's messages end with the statement ("LINE 1: ...") and a caret under it
-    lines = takewhile(lambda ln: not ln.startswith("LINE "), map(str.strip, text.splitlines()))
-    return "; ".join(ln for ln in lines if ln) or type(exc).__name__
+    return "; ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -120,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         run = None if args.command in READ_ONLY else getattr(args, "run", None)
-        setup_logging(args.verbose, run)
+        setup_logging(args.verbose, run, create=args.command not in REPORTS)
         module = importlib.import_module(args._module)
         if not args._clustered:
             return int(module.command(args) or 0)

@@ -19,7 +19,7 @@ from ase import Atoms
 
 from . import dedup as D
 from . import fingerprint as F
-from .query import columns, condition, connect
+from .query import columns, condition, connect, reason
 from .store import Run
 
 log = logging.getLogger("legodask")
@@ -52,7 +52,7 @@ def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
     except duckdb.Error as exc:
         hint = (f' (the columns of {table}: legodask query RUN "DESCRIBE {table}")'
                 if where else "")
-        raise ValueError(f"cannot select rows of {table}: {exc}{hint}") from exc
+        raise ValueError(f"cannot select rows of {table}: {reason(exc)}{hint}") from exc
 
 
 def _records(res: Any) -> Iterator[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import Callable
+from itertools import takewhile
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def select_statement(sql: str) -> str:
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise ValueError(f"the SQL does not parse: {exc}") from exc
+        raise ValueError(f"the SQL does not parse: {reason(exc)}") from exc
     if len(statements) != 1:
         raise ValueError(f"give one SQL statement, not {len(statements)}")
     if statements[0].type != duckdb.StatementType.SELECT:
@@ -81,7 +82,13 @@ def condition(where: str) -> str:
     try:
         return str(duckdb.SQLExpression(where))
     except duckdb.Error as exc:
-        raise ValueError(f"--where is not one SQL condition: {exc}") from exc
+        raise ValueError(f"--where is not one SQL condition: {reason(exc)}") from exc
+
+
+def reason(exc: Exception) -> str:
+    """A DuckDB error in one line, without the statement and caret it ends with."""
+    lines = takewhile(lambda ln: not ln.startswith("LINE "), map(str.strip, str(exc).splitlines()))
+    return "; ".join(ln for ln in lines if ln)
 
 
 def has_column(con: Any, table: str, column: str) -> bool:
@@ -105,9 +112,9 @@ def query(run: Run, sql: str, out: str | Path | None = None,
 
     con = connect(run)
     try:
-        reader = con.execute(select_statement(sql)).to_arrow_reader(BATCH_ROWS)
+        reader = con.sql(select_statement(sql)).to_arrow_reader(BATCH_ROWS)
     except duckdb.Error as exc:
-        raise ValueError(f"the query failed: {exc}") from exc
+        raise ValueError(f"the query failed: {reason(exc)}") from exc
     head: list[pa.RecordBatch] = []
     shown = 0
     with contextlib.ExitStack() as stack:
