@@ -100,7 +100,7 @@ def prepare(run: Path, seed: int = 0) -> None:
         src, dst = Run(run).model_dir(name), INPUTS / "run/models" / name
         dst.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / "config.json", dst / "config.json")
-        state = torch.load(src / "best.pt", map_location="cpu", weights_only=False)
+        state = torch.load(src / "best.pt", map_location="cpu", weights_only=True)
         state["model"].pop("D", None)  # sampling needs the generator alone
         torch.save(state, dst / "best.pt")
     aug = Run(run).read("augmented", columns=S.TABULAR).compute()

@@ -86,7 +86,7 @@ def test_training_logs_keeps_best_and_resumes_exactly(on_grid: pd.DataFrame,
     d = tmp_path / "resumed"
     assert json.loads((d / models.LOSSES).read_text()) == resumed
     assert (d / models.PLOT).stat().st_size > 1000
-    best = torch.load(d / models.BEST, weights_only=False)["epoch"]
+    best = torch.load(d / models.BEST, weights_only=True)["epoch"]
     assert best == int(np.argmin([h["loss"] for h in resumed]))
     loaded, loaded_enc = models.load(d)
     assert loaded_enc.to_dict() == enc.to_dict()
@@ -101,13 +101,13 @@ def test_gan_keeps_the_epoch_with_most_valid_crystals(on_grid: pd.DataFrame,
     valid = [h["valid"] for h in history]
     assert all(0 <= h["valid"] <= h["valid_no_distance"] <= 1 for h in history)
     assert max(valid) > min(valid)  # the shares move as it learns
-    kept = torch.load(tmp_path / models.BEST, weights_only=False)["epoch"]
+    kept = torch.load(tmp_path / models.BEST, weights_only=True)["epoch"]
     assert kept == int(np.argmax(valid))
     loaded, _ = models.load(tmp_path, torch.device("cpu"))
     assert models.validity(loaded, enc, 300)["valid"] == max(valid)
     # without checks the last epoch is kept
     _train("gan", on_grid, 3, tmp_path / "unchecked")
-    assert torch.load(tmp_path / "unchecked" / models.BEST, weights_only=False)["epoch"] == 2
+    assert torch.load(tmp_path / "unchecked" / models.BEST, weights_only=True)["epoch"] == 2
 
 
 def test_chunk_stream_visits_every_row_once(tmp_path: Path) -> None:
@@ -128,7 +128,7 @@ def test_generator_alone_samples_as_the_whole_gan(on_grid: pd.DataFrame,
     """A GAN file without its discriminator (for sampling alone) draws the same rows."""
     _train("gan", on_grid, 2, tmp_path)
     whole, _ = models.load(tmp_path, torch.device("cpu"))
-    state = torch.load(tmp_path / models.BEST, weights_only=False)
+    state = torch.load(tmp_path / models.BEST, weights_only=True)
     state["model"].pop("D")
     torch.save(state, tmp_path / models.BEST)
     alone, _ = models.load(tmp_path, torch.device("cpu"))
