@@ -157,7 +157,9 @@ def relax_check(rows: list[dict], device: str, batch: int, cap_s: float) -> dict
     import torch
 
     from legodask.environment import get_environment
-    from legodask.prerelax import Options, build_problem, relax_rows
+    from legodask.prerelax import Options
+    from legodask.prerelax.problem import build_problem
+    from legodask.prerelax.rescue import relax_rows
 
     env = get_environment("graphite")
     problems = [build_problem(r) for r in rows]

@@ -51,7 +51,9 @@ from decode import training_rows  # noqa: E402
 
 from legodask import codec  # noqa: E402
 from legodask.environment import check_atoms, get_environment  # noqa: E402
-from legodask.prerelax import Options, build_problem, relax_rows, relaxed_row  # noqa: E402
+from legodask.prerelax import Options  # noqa: E402
+from legodask.prerelax.problem import build_problem, relaxed_row  # noqa: E402
+from legodask.prerelax.rescue import relax_rows  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 RCUT = 2.1

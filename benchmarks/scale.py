@@ -60,7 +60,8 @@ def prepare(run_dir: Path) -> None:
 
 
 def one_size(base: Path, n: int, memory_limit: str, prerelax_n: int) -> dict[str, Any]:
-    from legodask import dedup, prerelax, sample
+    from legodask import dedup, sample
+    from legodask.stages.prerelax import prerelax
     from legodask.store import Run
 
     run_dir = base / f"n{n}"
@@ -76,7 +77,7 @@ def one_size(base: Path, n: int, memory_limit: str, prerelax_n: int) -> dict[str
     row.update(sample_decode_s=round(t, 1), sample_rows_per_s_core=round(n / t / 2, 1),
                sample_peak_mb_per_worker=max(peaks), valid_xtal=round(valid / n, 4))
     m = min(prerelax_n, valid)
-    t, peaks, _ = on_cluster(lambda: prerelax.prerelax(run, "samples", limit=m), 2,
+    t, peaks, _ = on_cluster(lambda: prerelax(run, "samples", limit=m), 2,
                              memory_limit=memory_limit)
     pre = run.read("prerelaxed", columns=["loss", "valid_env"])
     n_env = int(pre["valid_env"].fillna(False).astype(bool).sum().compute())

@@ -59,7 +59,7 @@ STAGES: dict[str, tuple[str, Callable[[Run, dict[str, Any]], bool]]] = {
     "encode": ("legodask.encode", lambda run, opts: run.file("features.zarr").exists()),
     "train": ("legodask.train", _model_done),
     "sample": ("legodask.sample", _table_done("samples")),
-    "prerelax": ("legodask.prerelax", _table_done("prerelaxed")),
+    "prerelax": ("legodask.stages.prerelax", _table_done("prerelaxed")),
     "rank": ("legodask.rank", _table_done("ranked")),
     "dedup": ("legodask.dedup", _table_done("fingerprints")),
     "metrics": ("legodask.metrics", _never_done),

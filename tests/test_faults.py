@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legodask import dedup, prerelax, rank, sources
+from legodask import dedup, rank, sources
 from legodask import schema as S
 from legodask.energy.relax import RelaxSettings
+from legodask.stages.prerelax import prerelax
 from legodask.store import Run
 
 
@@ -70,7 +71,7 @@ def _same_rows(out: pd.DataFrame, run: Run) -> None:
 
 def test_prerelax_survives_a_killed_worker(decoded):
     out = kill_a_worker_during(decoded, "prerelaxed",
-                               lambda: prerelax.prerelax(decoded, "decoded", device="cpu"))
+                               lambda: prerelax(decoded, "decoded", device="cpu"))
     _same_rows(out, decoded)
     assert out["loss"].notna().all()
 

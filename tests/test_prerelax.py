@@ -18,10 +18,13 @@ from legodask import codec
 from legodask import schema as S
 from legodask.descriptor import SO3Params
 from legodask.environment import get_environment
-from legodask.prerelax import (Options, batch_loss, build_problem, loss_and_grad, make_batch,
-                               neighbours, prerelax, prerelax_frame, prerelax_row,
-                               relax_batch, relax_rows, relax_scipy, relaxed_row,
-                               spread_limit)
+from legodask.prerelax import Options, prerelax_frame, prerelax_row
+from legodask.prerelax.batch import batch_loss, loss_and_grad, make_batch, neighbours
+from legodask.prerelax.problem import build_problem, relaxed_row
+from legodask.prerelax.rescue import relax_rows
+from legodask.prerelax.runner import relax_batched
+from legodask.prerelax.scipy_path import relax_scipy
+from legodask.stages.prerelax import prerelax, spread_limit
 from legodask.store import Run
 
 
@@ -63,7 +66,7 @@ def test_graphite_reference_has_zero_loss_and_is_a_fixed_point(graphite):
     out = prerelax_row(row, graphite)
     assert out["valid_env"] and out["env_error"] is None and out["loss"] < 1e-20
     assert [out[c] for c in S.CELL] == pytest.approx([row[c] for c in S.CELL], abs=1e-9)
-    [res] = relax_batch([p], graphite)
+    [res] = relax_batched([p], graphite)
     assert res.loss < 1e-20 and np.allclose(res.x, p.x0)
 
 
@@ -156,7 +159,7 @@ def test_batched_and_scipy_paths_agree(graphite, small_training_rows):
     for row in small_training_rows:
         p = build_problem(row)
         problems.append(dataclasses.replace(p, x0=perturb(p, rng, shift=0.15)))
-    batched = relax_batch(problems, graphite)
+    batched = relax_batched(problems, graphite)
     converged = 0
     for p, res in zip(problems, batched):
         single = relax_scipy(p, graphite)
@@ -235,7 +238,7 @@ def test_a_row_past_its_budget_is_cut_and_recorded(graphite):
     out = prerelax_row(row, graphite, budget=0.0)
     assert not out["valid_env"] and "time budget" in out["env_error"]
     assert out["spg"] == 166 and math.isfinite(out["a"])
-    [res] = relax_batch([build_problem(row)], graphite, Options(budget=0.0))
+    [res] = relax_batched([build_problem(row)], graphite, Options(budget=0.0))
     assert res.error and "time budget" in res.error
 
 
