@@ -32,7 +32,8 @@ from . import dedup as D
 from . import fingerprint as F
 from . import schema as S
 from .energy import ModelUnavailable, get_model
-from .energy.relax import RelaxResult, RelaxSettings, graphite, relax_many, text_to_atoms
+from .energy.relax import RelaxResult, RelaxSettings, graphite, text_to_atoms
+from .energy.runner import relax_many
 from .store import Run, StageResult
 
 log = logging.getLogger("legodask")

@@ -14,7 +14,8 @@ from threadpoolctl import threadpool_limits
 from legodask import energy as E
 from legodask.energy.lammps import import_lammps
 from legodask.energy.relax import (RelaxSettings, budget, diamond, graphite, relax,
-                                   relax_batch, relax_many, text_to_atoms)
+                                   relax_lockstep, text_to_atoms)
+from legodask.energy.runner import relax_many
 
 FAST = RelaxSettings(steps=30, timeout=120)
 
@@ -203,7 +204,7 @@ def _broken_batch(structures):
 
 
 def test_batch_failure_marks_every_structure():
-    out = relax_batch([graphite(), diamond()], _broken_batch, FAST)
+    out = relax_lockstep([graphite(), diamond()], _broken_batch, FAST)
     assert [r.error for r in out] == ["RuntimeError: out of GPU memory"] * 2
 
 

@@ -172,7 +172,7 @@ def _no_calculator():
 
 
 def test_isolated_model_that_cannot_start_fails_each_row_once():
-    from legodask.energy.relax import relax_many
+    from legodask.energy.runner import relax_many
 
     out = relax_many(E.EnergyModel("broken", _no_calculator, isolate=True),
                      [graphite(), diamond()], FAST)

@@ -24,7 +24,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.geometry import cellpar_to_cell
 
-from . import BatchEvaluator, EnergyModel
+from . import BatchEvaluator
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,9 @@ def _blowup(atoms: Atoms, v0: float, settings: RelaxSettings) -> str | None:
     return None
 
 
-def _finish(atoms: Atoms, steps: int, t0: float, error: str | None,
+def _result(atoms: Atoms, steps: int, t0: float, error: str | None,
             converged: bool = False) -> RelaxResult:
+    """The result of a relaxation that ended at ``atoms`` (with ``error``, if any)."""
     seconds = time.monotonic() - t0
     if error:
         return RelaxResult(steps=steps, error=error, seconds=seconds)
@@ -203,11 +204,11 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings = RelaxSetting
             steps = opt.nsteps
             error = _blowup(atoms, v0, settings)
             if error or converged:
-                return _finish(atoms, steps, t0, error, converged)
+                return _result(atoms, steps, t0, error, converged)
             if time.monotonic() - t0 > settings.timeout:
-                return _finish(atoms, steps, t0, f"timed out after {settings.timeout:g} s "
+                return _result(atoms, steps, t0, f"timed out after {settings.timeout:g} s "
                                                  f"({steps} steps)")
-        return _finish(atoms, steps, t0, None)
+        return _result(atoms, steps, t0, None)
     except Exception as exc:  # a back end's failure is a recorded result
         return RelaxResult(steps=steps, error=f"{type(exc).__name__}: {exc}"[:500],
                            seconds=time.monotonic() - t0)
@@ -234,7 +235,7 @@ class _Cached(Calculator):
 
 
 @_quietly
-def relax_batch(structures: Sequence[Atoms], evaluate: BatchEvaluator,
+def relax_lockstep(structures: Sequence[Atoms], evaluate: BatchEvaluator,
                 settings: RelaxSettings = RelaxSettings()) -> list[RelaxResult]:
     """Relax ``structures`` together: each step evaluates all unfinished ones in one
     call of ``evaluate`` (one GPU forward pass), then moves each with its own FIRE."""
@@ -269,35 +270,10 @@ def relax_batch(structures: Sequence[Atoms], evaluate: BatchEvaluator,
             if not error and not converged and time.monotonic() - t0 > settings.timeout:
                 error = f"timed out after {settings.timeout:g} s ({opt.nsteps} steps)"
             if error or converged or opt.nsteps >= max_steps:
-                results[i] = _finish(atoms, opt.nsteps, t0, error, converged)
+                results[i] = _result(atoms, opt.nsteps, t0, error, converged)
                 continue
             opt.step()
             opt.nsteps += 1
             still.append((i, atoms, opt, max_steps, v0))
         active = still
     return [r if r is not None else RelaxResult(error="not relaxed") for r in results]
-
-
-# ---------------------------------------------------------------------------
-# many structures with one model: batched, isolated or in this process
-# ---------------------------------------------------------------------------
-
-def relax_many(model: EnergyModel, structures: Sequence[Atoms],
-               settings: RelaxSettings = RelaxSettings(),
-               isolate: bool | None = None) -> list[RelaxResult]:
-    """Relax ``structures`` with ``model``: in batches when the model has a batched
-    path, in a child process when it can crash the interpreter (``model.isolate``
-    unless ``isolate`` says otherwise), else here with one calculator for all."""
-    if not structures:
-        return []
-    if model.make_batch is not None and settings.batch_size > 1:
-        evaluate = model.make_batch()
-        return [r for k in range(0, len(structures), settings.batch_size)
-                for r in relax_batch(structures[k:k + settings.batch_size], evaluate, settings)]
-    if model.isolate if isolate is None else isolate:
-        from .isolate import IsolatedRelaxer
-
-        with IsolatedRelaxer(model, settings) as child:
-            return [child.relax(a) for a in structures]
-    calc = model.calculator() if model.reuse else None
-    return [relax(a, calc or model.calculator(), settings) for a in structures]
