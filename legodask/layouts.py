@@ -18,6 +18,7 @@ number as it is, so that ``schema.conform`` names the row's column and value.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,18 @@ class Layout:
 
 
 def _numeric_header(columns: list[str]) -> bool:
-    """Whether a header is numbers (a headerless file read with its first row as names)."""
+    """Whether a header is numbers: a file without names (``0, 1, 2, ...`` as pandas
+    writes a frame without them, or a headerless file read with its first row)."""
     try:
         [float(c) for c in columns]
     except ValueError:
         return False
     return True
+
+
+def _headerless(columns: list[str]) -> bool:
+    """Whether a CSV's first line is a row of numbers rather than names."""
+    return _numeric_header(columns) and columns != [str(i) for i in range(len(columns))]
 
 
 def choose(columns: list[str], layout: str = AUTO, element: str | None = None,
@@ -73,9 +80,10 @@ def choose(columns: list[str], layout: str = AUTO, element: str | None = None,
         positional = not reference_names
         if positional:
             n = len([c for c in cols if not _passed_through(c)])
-            if n < 7 or (n - 7) % 4:
+            if n < 7 or (n - 7) % 4 not in (0, len(S.REFERENCE_EXTRA)):
                 raise ValueError(f"{where}: the reference layout has 7 + 4k columns "
-                                 f"(spg, cell, then wp, x, y, z per site), not {n}")
+                                 f"(spg, cell, then wp, x, y, z per site; then energy, "
+                                 f"label), not {n}")
         return Layout(REFERENCE, positional, ref_element)
     missing = [c for c in TABLE_REQUIRED if c not in cols]
     if missing:
@@ -112,6 +120,9 @@ def to_table(df: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     if layout.kind == TABLE:
         return df
     values = [c for c in df.columns if not _passed_through(c)]
+    if layout.positional and (len(values) - 7) % 4:      # unnamed energy, label at the end
+        df = df.rename(columns=dict(zip(values[-2:], S.REFERENCE_EXTRA)))
+        values = values[:-2]
     names = S.TABULAR if not layout.positional else S.TABULAR[:len(values)]
     src = dict(zip(names, values)) if layout.positional else {c: c for c in S.TABULAR}
     out = pd.DataFrame(index=df.index)
@@ -157,7 +168,8 @@ def with_ids(df: pd.DataFrame, name: str, offset: int) -> pd.DataFrame:
 def read_header(path: Path) -> list[str]:
     """A CSV file's or Parquet file's (or folder's) column names, without its rows."""
     if path.suffix == ".csv":
-        return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        with open(path, newline="") as f:
+            return [c.strip() for c in next(csv.reader(f), [])]
     import dask.dataframe as dd
 
     return [str(c) for c in dd.read_parquet(str(path)).columns]
@@ -166,7 +178,7 @@ def read_header(path: Path) -> list[str]:
 def csv_options(path: Path, columns: list[str], layout: Layout) -> dict[str, Any]:
     """``read_csv`` options for a file: structure columns as text (so one bad value
     fails its row, not the file), no header where the file has none."""
-    if layout.positional and _numeric_header(columns):
+    if layout.positional and _headerless(columns):
         return {"header": None, "names": [str(i) for i in range(len(columns))],
                 "dtype": object}
     return {"dtype": {c: object for c in [*structure_columns(columns, layout), S.ID]

@@ -209,6 +209,11 @@ def test_lego_xtal_csv_with_radians_is_recognised(tmp_path):
     assert "reference layout" in run.info("decoded")["layout"]
     with pytest.raises(ValueError, match="--element"):       # as the table's layout: refused
         decode.decode(run, str(src), output="as_table", layout=layouts.TABLE)
+    bare = tmp_path / "samples.csv"                            # no header line at all
+    _reference_rows().to_csv(bare, index=False, header=False)
+    decode.decode(run, str(bare), output="bare")
+    out = pd.read_parquet(run.table_path("bare"))
+    assert len(out) == 2 and out["valid_xtal"].all()
 
 
 def test_renamed_columns_are_not_read_by_position_unless_asked(tmp_path):
