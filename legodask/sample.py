@@ -115,7 +115,6 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
              for i, size in enumerate(sizes)]
     info: dict[str, Any] = {"model": model, "n": n, "seed": seed, "spgs": spgs,
                             "min_distance": min_distance, "rows_per_part": rows_per_part,
-                            "batch_rows": batch_rows,
                             "model_file": fingerprint(model_dir / models.BEST)}
     return run.write(table, parts, S.empty_frame(), desc=f"sample {model}",
                      overwrite=overwrite, **info)
