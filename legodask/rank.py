@@ -165,9 +165,11 @@ def rank(run: Run, models: Sequence[str], input: str = "prerelaxed", output: str
                          {**dtypes.to_dict(), **energy_dtypes(models)}.items()})
     kwargs = dict(models=list(models), options=options, settings=settings,
                   references=references, only_valid_env=only_valid_env)
+    made_with = {"models": list(models), "options": options, "settings": asdict(settings),
+                 "only_valid_env": only_valid_env, "unique": unique}
     if not unique:
         return run.map_table(input, output, rank_frame, meta, desc=f"rank {','.join(models)}",
-                             annotations=annotations, **kwargs)
+                             annotations=annotations, options=made_with, **kwargs)
     if not run.is_complete(UNIQUE_TABLE):
         D.dedup(run, input, UNIQUE_TABLE,
                 require=["valid_xtal", *(["valid_env"] if only_valid_env else [])])
@@ -176,7 +178,7 @@ def rank(run: Run, models: Sequence[str], input: str = "prerelaxed", output: str
         mapped = run.read(input).map_partitions(_rank_unique, fps, align_dataframes=False,
                                                 meta=meta, **kwargs)
     return run.write(output, mapped.to_delayed(), meta, desc=f"rank {','.join(models)}",
-                     source=input)
+                     source=input, **made_with)
 
 
 # ---------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import functools
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from .. import schema as S
@@ -65,8 +65,10 @@ def prerelax(run: Any, source: str | None = None, env: str | Environment = "grap
         limits = spread_limit(limit, counts)
     kernel = functools.partial(prerelax_frame, env=env, device=device, options=options,
                                limits=limits)
+    made_with = {"env": getattr(env, "name", env), "rdf_bins": rdf_bins, "device": device,
+                 "limit": limit, "options": asdict(options)}
     return run.map_table(source, output, kernel, meta, desc="prerelax",
-                         annotations=annotations)
+                         annotations=annotations, options=made_with)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
