@@ -29,6 +29,19 @@ EL = [f"el{k}" for k in range(MAX_SITES)]
 XYZ = [[f"x{k}", f"y{k}", f"z{k}"] for k in range(MAX_SITES)]
 XYZ_FLAT = [c for trio in XYZ for c in trio]
 
+# Tables of a run, by the stage that writes them.
+INGESTED = "ingested"
+DECODED = "decoded"
+AUGMENTED = "augmented"
+SAMPLES = "samples"
+PRERELAXED = "prerelaxed"
+RANKED = "ranked"
+RANK_UNIQUE = "rank_unique"             # the pre-relaxed rows, deduplicated before ranking
+FINGERPRINTS = "fingerprints"
+TRAIN_FINGERPRINTS = "train_fingerprints"
+TABLES = [INGESTED, DECODED, AUGMENTED, SAMPLES, PRERELAXED, RANKED, RANK_UNIQUE,
+          FINGERPRINTS, TRAIN_FINGERPRINTS]
+
 ID = "id"
 # The reference implementation's (LEGO-xtal) CSV files: the tabular columns, angles
 # in radians, no elements, optionally followed by these.

@@ -48,8 +48,23 @@ from . import schema as S
 
 log = logging.getLogger("legodask")
 
-MADE_FROM = "_made_from.json"
-LOCK = "_writing.lock"
+# Every file name of a run directory (``RUN/<name>``) and of its table folders.
+FEATURES = "features.zarr"            # encode: the encoded training rows
+MODELS = "models"                     # train: one folder per model
+METRICS = "metrics.json"              # metrics: the paper's counts
+REPORT = "report.html"                # report
+TIMINGS = "timings.json"              # run: seconds per stage
+RANK_REFERENCES = "rank_references.json"  # rank: each model's reference energy
+LOGS = "logs"
+LOG = "legodask.log"
+DONE = "_done.json"                   # in a table folder: every partition is there
+MADE_FROM = "_made_from.json"         # in a table folder: what it was made from
+LOCK = "_writing.lock"                # in a table folder: the one writer
+# In a model folder: hyper-parameters and encoder, checkpoints, training history.
+MODEL_CONFIG, MODEL_BEST, MODEL_LAST = "config.json", "best.pt", "last.pt"
+MODEL_LOSSES, MODEL_PLOT = "losses.json", "losses.png"
+RUN_FILES = [FEATURES, METRICS, REPORT, TIMINGS, RANK_REFERENCES, LOG, DONE, MADE_FROM,
+             LOCK, MODEL_CONFIG, MODEL_BEST, MODEL_LAST, MODEL_LOSSES, MODEL_PLOT]
 _HELD: set[Path] = set()   # the locks this process holds
 
 _ARROW_OF = {

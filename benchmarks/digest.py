@@ -1,0 +1,80 @@
+"""Digest of a fixed-seed quick start: the same code gives the same tables.
+
+    python benchmarks/digest.py run             # run the quick start, write results/digest.json
+    python benchmarks/digest.py check           # run it again, compare with results/digest.json
+
+For each table (ingested, augmented, samples, prerelaxed) the digest is its row
+count and a SHA-256 of its rows sorted by id, floats rounded to 1e-9 (timings
+dropped); for the run, the counts of ``metrics.json``.  A refactor that moves
+code keeps every digest; one that changes results does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+TABLES = ["ingested", "augmented", "samples", "prerelaxed"]
+TIMINGS = {"seconds", "iterations"}     # wall-clock, or its budget share
+RESULT = HERE / "results" / "digest.json"
+
+
+def table_digest(path: Path) -> dict[str, object]:
+    """Row count and content hash of one Parquet table folder."""
+    df = pd.concat([pd.read_parquet(p) for p in sorted(path.glob("part-*.parquet"))],
+                   ignore_index=True)
+    df = df.drop(columns=[c for c in df.columns if c in TIMINGS])
+    df = df.sort_values("id", kind="stable").reset_index(drop=True)
+    for c in df.columns:
+        if df[c].dtype.kind == "f":
+            df[c] = df[c].round(9)
+    text = df.to_csv(index=False, float_format="%.9g")
+    return {"rows": len(df), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def digest(run: Path) -> dict[str, object]:
+    out: dict[str, object] = {t: table_digest(run / f"{t}.parquet") for t in TABLES}
+    metrics = json.loads((run / "metrics.json").read_text())
+    out["metrics"] = {k: v for k, v in metrics.items() if k.startswith("n_")}
+    return out
+
+
+def run_quickstart(run: Path) -> None:
+    shutil.rmtree(run, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "legodask.cli", "run", "pipelines/quickstart.toml",
+                    "--run", str(run)], cwd=ROOT, check=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("action", choices=["run", "check"])
+    p.add_argument("--run", default=str(ROOT / "runs" / "digest"), help="run directory")
+    p.add_argument("--no-run", action="store_true", help="digest an existing run directory")
+    args = p.parse_args()
+    run = Path(args.run)
+    if not args.no_run:
+        run_quickstart(run)
+    got = digest(run)
+    if args.action == "run":
+        RESULT.write_text(json.dumps(got, indent=1) + "\n")
+        print(json.dumps(got, indent=1))
+        return 0
+    want = json.loads(RESULT.read_text())
+    diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
+    for k, (w, g) in diff.items():
+        print(f"{k}: stored {w}, now {g}")
+    print("digest: same tables" if not diff else f"digest: {len(diff)} differ")
+    return 1 if diff else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

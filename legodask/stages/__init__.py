@@ -1,0 +1,72 @@
+"""The one registry of legodask's commands, read by the command line and by pipelines.
+
+Each stage lives in ``legodask/stages/<name>.py`` with ``add_arguments(parser)``
+and ``command(args) -> int``: its options, and the calls that map kernels (which
+live elsewhere) over the run's tables.  The registry says what each reads and
+writes, whether it needs a Dask cluster, whether it can use a GPU worker, and
+whether ``legodask run`` runs it (in registry order).  A stage module is imported
+only when its command runs, so a light command stays light, and no stage imports
+another.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from types import ModuleType
+
+from .. import schema as S
+from .. import store
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One command: its name, one-line help, inputs and outputs, and where it runs."""
+
+    name: str
+    help: str
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    cluster: bool = False       # runs inside a Dask cluster (LocalCluster by default)
+    gpu: bool = False           # goes to a GPU worker when the cluster has one
+    pipeline: bool = False      # a step of ``legodask run``
+
+    @property
+    def module(self) -> str:
+        return f"legodask.stages.{self.name}"
+
+    def load(self) -> ModuleType:
+        return importlib.import_module(self.module)
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("ingest", "read known structures into a run's ingested table",
+          writes=(S.INGESTED,), cluster=True, pipeline=True),
+    Stage("decode", "decode raw rows: valid_xtal, natoms, n_sites, dof",
+          writes=(S.DECODED,), cluster=True),
+    Stage("augment", "subgroup and orbit-representative augmentation",
+          reads=(S.INGESTED,), writes=(S.AUGMENTED,), cluster=True, pipeline=True),
+    Stage("encode", "fit the encoder and write the run's features",
+          reads=(S.AUGMENTED,), writes=(store.FEATURES,), pipeline=True),
+    Stage("train", "train a GAN or VAE on the augmented table",
+          reads=(store.FEATURES,), writes=(store.MODELS,), cluster=True, gpu=True,
+          pipeline=True),
+    Stage("sample", "sample rows from a trained model and decode them",
+          reads=(store.MODELS,), writes=(S.SAMPLES,), cluster=True, gpu=True, pipeline=True),
+    Stage("prerelax", "pre-relax towards the reference environment",
+          reads=(S.SAMPLES,), writes=(S.PRERELAXED,), cluster=True, gpu=True, pipeline=True),
+    Stage("rank", "relax and rank energies with force fields",
+          reads=(S.PRERELAXED,), writes=(S.RANKED,), cluster=True, pipeline=True),
+    Stage("dedup", "fingerprint and deduplicate incrementally",
+          reads=(S.RANKED,), writes=(S.FINGERPRINTS,), cluster=True, pipeline=True),
+    Stage("metrics", "the paper's counts for a run",
+          reads=(S.SAMPLES, S.PRERELAXED, S.RANKED, S.FINGERPRINTS),
+          writes=(store.METRICS,), pipeline=True),
+    Stage("report", "write the run's report.html",
+          reads=(store.METRICS,), writes=(store.REPORT,), pipeline=True),
+    Stage("run", "run a TOML pipeline end to end"),
+    Stage("query", "run SQL (DuckDB) over a run's tables"),
+    Stage("export", "write structures as CIF / extxyz / ASE db"),
+    Stage("stats", "summaries of a table against the paper's"),
+    Stage("status", "which stages and partitions of a run are done"),
+]}
