@@ -1,80 +1,37 @@
 """The ``legodask`` command line.
 
-Each subcommand lives in the module of its stage, which provides
-``add_arguments(parser)`` and ``command(args) -> int``.  This file only lists them,
-so that a stage is added in one place and imported only when it is used.
-Commands that compute run inside ``cluster.connect`` (a LocalCluster unless
-``--scheduler`` is given).
+Its commands are the registry ``legodask.stages.STAGES``; a command's module
+(``legodask.stages.<name>``, with ``add_arguments(parser)`` and ``command(args)``)
+is imported only when that command runs.  Commands that compute run inside
+``cluster.connect`` (a LocalCluster unless ``--scheduler`` is given).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
-from .cluster import LOCAL_DASHBOARD
-
-# subcommand -> (module, help, needs a cluster)
-COMMANDS: dict[str, tuple[str, str, bool]] = {
-    "ingest": ("legodask.sources", "read known structures into RUN/ingested.parquet", True),
-    "decode": ("legodask.decode", "decode raw rows: valid_xtal, natoms, n_sites, dof", True),
-    "augment": ("legodask.augment", "subgroup and orbit-representative augmentation", True),
-    "encode": ("legodask.encode", "fit the encoder and write RUN/features.zarr", False),
-    "train": ("legodask.train", "train a GAN or VAE on the augmented table", True),
-    "sample": ("legodask.sample", "sample rows from a trained model and decode them", True),
-    "prerelax": ("legodask.stages.prerelax", "pre-relax towards the reference environment", True),
-    "rank": ("legodask.rank", "relax and rank energies with force fields", True),
-    "dedup": ("legodask.dedup", "fingerprint and deduplicate incrementally", True),
-    "metrics": ("legodask.metrics", "the paper's counts for a run", False),
-    "run": ("legodask.pipeline", "run a TOML pipeline end to end", False),
-    "report": ("legodask.report", "write RUN/report.html", False),
-    "query": ("legodask.query", "run SQL (DuckDB) over a run's tables", False),
-    "export": ("legodask.export", "write structures as CIF / extxyz / ASE db", False),
-    "stats": ("legodask.stats", "summaries of a table against the paper's", False),
-    "status": ("legodask.status", "which stages and partitions of a run are done", False),
-}
-# Commands that report on a run: they never create one (a mistyped path is an error).
-REPORTS = {"query", "export", "status", "stats", "metrics", "report"}
-# Of those, the ones that write nothing into it, not even its log, so that they work
-# on a run directory that is not theirs to write.
-READ_ONLY = {"query", "export", "status"}
+from .cluster import add_cluster_arguments
+from .stages import STAGES
 
 
-def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("cluster")
-    g.add_argument("--scheduler", help="address of a running dask scheduler "
-                   "(tcp://host:8786), or 'slurm' for dask-jobqueue's SLURMCluster "
-                   "configured in ~/.config/dask/jobqueue.yaml (default: a LocalCluster)")
-    g.add_argument("--workers", type=int, default=None,
-                   help="LocalCluster worker processes (SLURM: batch jobs)")
-    g.add_argument("--threads", type=int, default=1, help="threads per worker")
-    g.add_argument("--memory-limit", default="auto", help="memory per worker, e.g. 2GB")
-    g.add_argument("--gpus", type=int, default=0,
-                   help="give LocalCluster workers a GPU resource (for a local GPU)")
-    g.add_argument("--dashboard-address", default=LOCAL_DASHBOARD,
-                   help="where a LocalCluster serves its dashboard (default: this machine "
-                   "only, a free port; e.g. 0.0.0.0:8787 to let other machines see it)")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="legodask", description=__doc__.splitlines()[0])
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; only ``commands`` (default: all) get their options, so that
+    a command imports its own module and no other."""
+    parser = argparse.ArgumentParser(
+        prog="legodask", description="Crystal structures generated towards a target local "
+        "environment (LEGO-xtal), stage by stage over Parquet tables on Dask.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (module, help_, clustered) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.set_defaults(_module=module, _clustered=clustered)
-        try:
-            importlib.import_module(module).add_arguments(p)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            p.set_defaults(_missing=True)
-            continue
-        if clustered:
-            add_cluster_arguments(p)
+    wanted = set(STAGES) if commands is None else set(commands)
+    for name, stage in STAGES.items():
+        p = sub.add_parser(name, help=stage.help, description=stage.help)
+        if name in wanted:
+            stage.load().add_arguments(p)
+            if stage.cluster:
+                add_cluster_arguments(p)
     return parser
 
 
@@ -115,15 +72,15 @@ def message(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "_missing", False):
-        print(f"legodask {args.command}: not available in this version", file=sys.stderr)
-        return 2
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if a in STAGES), None)
+    args = build_parser([command] if command else []).parse_args(argv)
+    stage = STAGES[args.command]
     try:
-        run = None if args.command in READ_ONLY else getattr(args, "run", None)
-        setup_logging(args.verbose, run, create=args.command not in REPORTS)
-        module = importlib.import_module(args._module)
-        if not args._clustered:
+        run = getattr(args, "run", None) if stage.access != "read" else None
+        setup_logging(args.verbose, run, create=stage.access == "write")
+        module = stage.load()
+        if not stage.cluster:
             return int(module.command(args) or 0)
         from .cluster import connect
 

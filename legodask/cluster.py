@@ -8,6 +8,7 @@ advertise a ``GPU`` resource; stages that want one annotate their tasks with
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -46,6 +47,22 @@ def slurm_cluster(jobs: int = 1, gpus: int = 0, **options: Any) -> Any:
     cluster = SLURMCluster(**options)
     cluster.scale(jobs=jobs)
     return cluster
+
+
+def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster")
+    g.add_argument("--scheduler", help="address of a running dask scheduler "
+                   "(tcp://host:8786), or 'slurm' for dask-jobqueue's SLURMCluster "
+                   "configured in ~/.config/dask/jobqueue.yaml (default: a LocalCluster)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster worker processes (SLURM: batch jobs)")
+    g.add_argument("--threads", type=int, default=1, help="threads per worker")
+    g.add_argument("--memory-limit", default="auto", help="memory per worker, e.g. 2GB")
+    g.add_argument("--gpus", type=int, default=0,
+                   help="give LocalCluster workers a GPU resource (for a local GPU)")
+    g.add_argument("--dashboard-address", default=LOCAL_DASHBOARD,
+                   help="where a LocalCluster serves its dashboard (default: this machine "
+                   "only, a free port; e.g. 0.0.0.0:8787 to let other machines see it)")
 
 
 @contextlib.contextmanager

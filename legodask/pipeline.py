@@ -13,7 +13,7 @@ options (``max-per-structure = 50`` is ``--max-per-structure 50``)::
     model = "gan"
     ...
 
-Stages run in the order of ``STAGES``; one that is absent from the file is not
+Stages run in the order of the registry (``legodask.stages.STAGES``); one that is absent from the file is not
 run.  A stage whose output is already complete is skipped, and every stage
 resumes from its finished partitions, so rerunning an interrupted pipeline
 finishes it without redoing work.  ``--set stage.option=value`` overrides a key.
@@ -22,49 +22,20 @@ finishes it without redoing work.  ``--set stage.option=value`` overrides a key.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from . import schema as S
+from . import store
+from .stages import STAGES, Stage
 from .store import Run
 
 log = logging.getLogger("legodask")
-
-
-def _table_done(table: str) -> Callable[[Run, dict[str, Any]], bool]:
-    return lambda run, opts: run.is_complete(opts.get("output", table))
-
-
-def _never_done(run: Run, opts: dict[str, Any]) -> bool:
-    """Summaries (metrics, report) are cheap and depend on everything: always rerun."""
-    return False
-
-
-def _model_done(run: Run, opts: dict[str, Any]) -> bool:
-    from .models import BEST
-
-    name = opts.get("name") or f"{opts.get('model', 'gan')}-{opts.get('mode', 'cont')}"
-    return (run.path / "models" / str(name) / BEST).exists()
-
-
-# stage -> (module, "is its output complete?")
-STAGES: dict[str, tuple[str, Callable[[Run, dict[str, Any]], bool]]] = {
-    "ingest": ("legodask.sources", _table_done("ingested")),
-    "augment": ("legodask.augment", _table_done("augmented")),
-    "encode": ("legodask.encode", lambda run, opts: run.file("features.zarr").exists()),
-    "train": ("legodask.train", _model_done),
-    "sample": ("legodask.sample", _table_done("samples")),
-    "prerelax": ("legodask.stages.prerelax", _table_done("prerelaxed")),
-    "rank": ("legodask.rank", _table_done("ranked")),
-    "dedup": ("legodask.dedup", _table_done("fingerprints")),
-    "metrics": ("legodask.metrics", _never_done),
-    "report": ("legodask.report", _never_done),
-}
 
 
 def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -83,9 +54,10 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
         entries = spec.setdefault(stage, {})
         for entry in entries if isinstance(entries, list) else [entries]:
             entry[option] = parsed
-    unknown = set(spec) - set(STAGES) - {"cluster", "pipeline"}
+    steps = [name for name, stage in STAGES.items() if stage.pipeline]
+    unknown = set(spec) - set(steps) - {"cluster", "pipeline"}
     if unknown:
-        raise ValueError(f"{path}: unknown stages {sorted(unknown)}; known: {list(STAGES)}")
+        raise ValueError(f"{path}: unknown stages {sorted(unknown)}; known: {steps}")
     return spec
 
 
@@ -109,53 +81,35 @@ def stage_args(module: Any, run_dir: str, opts: dict[str, Any]) -> argparse.Name
     return args
 
 
+def is_done(stage: Stage, module: ModuleType, run: Run, opts: dict[str, Any]) -> bool:
+    """Whether a stage's output is complete: the stage's own ``is_done`` when it has
+    one, else its output table's completeness; summaries always rerun (cheap, and
+    they depend on everything)."""
+    if hasattr(module, "is_done"):
+        return bool(module.is_done(run, opts))
+    if stage.writes and stage.writes[0] in S.TABLES:
+        return run.is_complete(opts.get("output", stage.writes[0]))
+    return False
+
+
 def run_pipeline(spec: dict[str, Any], run_dir: str, force: tuple[str, ...] = ()) -> dict[str, float]:
     """Run the stages of ``spec`` in order; return seconds per stage."""
     run = Run(run_dir)
     seconds: dict[str, float] = {}
-    for stage, (module_name, is_done) in STAGES.items():
-        if stage not in spec:
+    for name, stage in STAGES.items():
+        if not stage.pipeline or name not in spec:
             continue
-        entries = spec[stage] if isinstance(spec[stage], list) else [spec[stage]]
-        module = importlib.import_module(module_name)
+        entries = spec[name] if isinstance(spec[name], list) else [spec[name]]
+        module = stage.load()
         t0 = time.perf_counter()
         for opts in entries:
-            if stage not in force and is_done(run, opts):
-                log.info("%s: already complete, skipped", stage)
+            if name not in force and is_done(stage, module, run, opts):
+                log.info("%s: already complete, skipped", name)
                 continue
-            log.info("%s: %s", stage, opts or "defaults")
+            log.info("%s: %s", name, opts or "defaults")
             status = module.command(stage_args(module, run_dir, opts))
             if status:
-                raise RuntimeError(f"stage {stage} failed with status {status}")
-        seconds[stage] = round(time.perf_counter() - t0, 1)
-    run.file("timings.json").write_text(json.dumps(seconds, indent=1))
+                raise RuntimeError(f"stage {name} failed with status {status}")
+        seconds[name] = round(time.perf_counter() - t0, 1)
+    store.write_json(run.file(store.TIMINGS), seconds)
     return seconds
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("pipeline", help="pipeline file (TOML), e.g. pipelines/quickstart.toml")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--set", action="append", default=[], metavar="STAGE.OPTION=VALUE",
-                   help="override a pipeline option (repeatable)")
-    p.add_argument("--force", default="", help="comma-separated stages to rerun even if done")
-    from .cli import add_cluster_arguments
-
-    add_cluster_arguments(p)
-
-
-def command(args: argparse.Namespace) -> int:
-    """Run a pipeline on the cluster of its ``[cluster]`` table, unless the command
-    line names one."""
-    from .cluster import connect
-
-    spec = load(args.pipeline, args.set)
-    conf = spec.get("cluster", {})
-    with connect(args.scheduler or conf.get("scheduler"),
-                 args.workers or conf.get("workers"),
-                 conf.get("threads", args.threads),
-                 conf.get("memory-limit", args.memory_limit),
-                 args.gpus or conf.get("gpus", 0), slurm=conf.get("slurm"),
-                 dashboard_address=conf.get("dashboard-address", args.dashboard_address)):
-        seconds = run_pipeline(spec, args.run, tuple(filter(None, args.force.split(","))))
-    print("stage seconds: " + ", ".join(f"{k} {v}" for k, v in seconds.items()))
-    return 0

@@ -100,6 +100,28 @@ def write_frame(df: pd.DataFrame, path: Path, schema: pa.Schema) -> int:
     return len(df)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` to write into; renamed to ``path`` when the
+    block ends without an error, so a file (or folder) that exists is complete."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any, **dump: Any) -> Path:
+    """Write ``obj`` as JSON to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1, **dump))
+    return path
+
+
 @dataclass
 class StageResult:
     """What a stage wrote: partitions done now, skipped as already done, and rows."""

@@ -30,6 +30,10 @@ class Stage:
     cluster: bool = False       # runs inside a Dask cluster (LocalCluster by default)
     gpu: bool = False           # goes to a GPU worker when the cluster has one
     pipeline: bool = False      # a step of ``legodask run``
+    # "write": makes the run and logs into it; "report": reads a run that must exist
+    # and logs into it; "read": reads a run that must exist and writes nothing there
+    # (works on a run that is not the user's to write).
+    access: str = "write"
 
     @property
     def module(self) -> str:
@@ -61,12 +65,12 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           reads=(S.RANKED,), writes=(S.FINGERPRINTS,), cluster=True, pipeline=True),
     Stage("metrics", "the paper's counts for a run",
           reads=(S.SAMPLES, S.PRERELAXED, S.RANKED, S.FINGERPRINTS),
-          writes=(store.METRICS,), pipeline=True),
+          writes=(store.METRICS,), pipeline=True, access="report"),
     Stage("report", "write the run's report.html",
-          reads=(store.METRICS,), writes=(store.REPORT,), pipeline=True),
+          reads=(store.METRICS,), writes=(store.REPORT,), pipeline=True, access="report"),
     Stage("run", "run a TOML pipeline end to end"),
-    Stage("query", "run SQL (DuckDB) over a run's tables"),
-    Stage("export", "write structures as CIF / extxyz / ASE db"),
-    Stage("stats", "summaries of a table against the paper's"),
-    Stage("status", "which stages and partitions of a run are done"),
+    Stage("query", "run SQL (DuckDB) over a run's tables", access="read"),
+    Stage("export", "write structures as CIF / extxyz / ASE db", access="read"),
+    Stage("stats", "summaries of a table against the paper's", access="report"),
+    Stage("status", "which stages and partitions of a run are done", access="read"),
 ]}
