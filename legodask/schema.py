@@ -77,6 +77,11 @@ TABULAR = ["spg", *CELL, *[c for k in range(MAX_SITES) for c in (WP[k], *XYZ[k])
 # Columns that later stages add (declared here so that only this module names them).
 PRERELAX = ["loss", "valid_env", "env_error", "iterations", "seconds"]
 FINGERPRINT = "fingerprint"
+# Columns of the ingested and augmented tables beyond the structure's.
+TRAIN = "train"                      # ingest: whether the models learn from the row
+FILTER_REASON = "filter_reason"      # ingest: why the training filter leaves it out
+SUBGROUP_PATH = "subgroup_path"      # augment: the subgroups that wrote it, e.g. "227>166"
+AUGMENT_ERRORS = "augment_errors"    # augment: the structure's subgroup tries that raised
 
 
 def energy_columns(model: str) -> list[str]:

@@ -86,6 +86,31 @@ def arrow_schema(meta: pd.DataFrame) -> pa.Schema:
     return pa.schema(fields)
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary name next to ``path`` to write a file or folder (JSON, a torch
+    checkpoint, a Zarr array) under; when the block ends it is renamed onto ``path``
+    (replacing what is there), so that a file that exists is complete.  On an error
+    the temporary is removed and ``path`` is left as it was."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Write ``obj`` as JSON atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1))
+
+
 def write_frame(df: pd.DataFrame, path: Path, schema: pa.Schema) -> int:
     """Write one partition atomically (temporary name, then rename); return its rows."""
     df = df.reset_index(drop=True)
@@ -94,9 +119,8 @@ def write_frame(df: pd.DataFrame, path: Path, schema: pa.Schema) -> int:
             df[col] = None
     table = pa.Table.from_pandas(df[schema.names], schema=schema, preserve_index=False)
     table = table.replace_schema_metadata(None)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return len(df)
 
 
@@ -190,10 +214,7 @@ class Run:
         return json.loads(f.read_text()) if f.exists() else {}
 
     def mark_complete(self, table: str, n_parts: int, **info: Any) -> None:
-        f = self.table_path(table) / "_done.json"
-        tmp = f.with_name(".done.tmp")
-        tmp.write_text(json.dumps({"partitions": n_parts, **info}, indent=1))
-        os.replace(tmp, f)
+        write_json({"partitions": n_parts, **info}, self.table_path(table) / DONE)
 
     def status(self) -> pd.DataFrame:
         """One line per table: partitions present, expected, complete, rows."""
@@ -250,9 +271,7 @@ class Run:
                                  f"({_differences(old, made)}); pass --overwrite to replace "
                                  f"it, or give a new --output table")
             if old is None:
-                tmp = f.with_name(f".{f.name}.tmp")
-                tmp.write_text(json.dumps(made, indent=1))
-                os.replace(tmp, f)
+                write_json(made, f)
             yield d
 
     def write(self, table: str, parts: Sequence[Delayed], meta: pd.DataFrame,
