@@ -86,31 +86,6 @@ def arrow_schema(meta: pd.DataFrame) -> pa.Schema:
     return pa.schema(fields)
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary name next to ``path`` to write a file or folder (JSON, a torch
-    checkpoint, a Zarr array) under; when the block ends it is renamed onto ``path``
-    (replacing what is there), so that a file that exists is complete.  On an error
-    the temporary is removed and ``path`` is left as it was."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        yield tmp
-        if tmp.is_dir() and path.is_dir():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
-def write_json(obj: Any, path: Path) -> None:
-    """Write ``obj`` as JSON atomically (``atomic_path``)."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1))
-
-
 def write_frame(df: pd.DataFrame, path: Path, schema: pa.Schema) -> int:
     """Write one partition atomically (temporary name, then rename); return its rows."""
     df = df.reset_index(drop=True)
@@ -131,6 +106,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         yield tmp
+        if tmp.is_dir() and path.is_dir():   # a folder (a Zarr array) is replaced whole
+            shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.is_dir():
@@ -214,7 +191,7 @@ class Run:
         return json.loads(f.read_text()) if f.exists() else {}
 
     def mark_complete(self, table: str, n_parts: int, **info: Any) -> None:
-        write_json({"partitions": n_parts, **info}, self.table_path(table) / DONE)
+        write_json(self.table_path(table) / DONE, {"partitions": n_parts, **info})
 
     def status(self) -> pd.DataFrame:
         """One line per table: partitions present, expected, complete, rows."""
@@ -271,7 +248,7 @@ class Run:
                                  f"({_differences(old, made)}); pass --overwrite to replace "
                                  f"it, or give a new --output table")
             if old is None:
-                write_json(made, f)
+                write_json(f, made)
             yield d
 
     def write(self, table: str, parts: Sequence[Delayed], meta: pd.DataFrame,
