@@ -25,10 +25,14 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from legodask import augment as A  # noqa: E402
-from legodask import codec, sources  # noqa: E402
+from legodask.augment import frame as AF  # noqa: E402
+from legodask.augment import params as AP  # noqa: E402
+from legodask.augment import subgroups as AS  # noqa: E402
+from legodask import codec  # noqa: E402
 from legodask import schema as S  # noqa: E402
 from legodask.cluster import compute, connect  # noqa: E402
+from legodask.stages import augment as augment_stage  # noqa: E402
+from legodask.stages import ingest as ingest_stage  # noqa: E402
 from legodask.store import Run  # noqa: E402
 
 DB = Path(os.environ.get("LEGODASK_SACADA_DB", ROOT.parent / "shared/data/sp2_sacada.db"))
@@ -42,7 +46,7 @@ def ingest(base: Run) -> pd.DataFrame:
     """The 140 training structures of the SACADA db as ``base/ingested``."""
     if not base.is_complete("ingested"):
         with dask.config.set(scheduler="synchronous"):
-            sources.ingest(base, DB)
+            ingest_stage.ingest(base, DB)
     df = base.read("ingested").compute()   # 150 rows: small
     return df[df["train"]].reset_index(drop=True)
 
@@ -51,7 +55,7 @@ def unique_symmetries(run: Run, table: str) -> int:
     """Unique (space group, sorted Wyckoff) keys of a table's valid rows, computed
     per partition so that no process holds the table."""
     ddf = run.read(table, columns=["spg", *S.WP, "valid_xtal"])
-    keys = ddf.map_partitions(lambda d: A.symmetry_key(d[d["valid_xtal"]]).drop_duplicates(),
+    keys = ddf.map_partitions(lambda d: AS.symmetry_key(d[d["valid_xtal"]]).drop_duplicates(),
                               meta=pd.Series(dtype=object, name="symmetry"))
     (uniq,) = compute([keys.drop_duplicates()])
     return int(len(uniq))
@@ -62,10 +66,10 @@ def run_preset(name: str, train: pd.DataFrame, work: Path, workers: int,
     """Augment ``train`` with a preset on a fresh LocalCluster; time, rows, memory."""
     run = Run(work / name)
     run.write_frame_table("ingested", train)
-    p = A.preset(name, check=check)
+    p = AP.preset(name, check=check)
     with connect(n_workers=workers, threads_per_worker=1, quiet=True) as client:
         t0 = time.perf_counter()
-        result = A.augment(run, p)
+        result = augment_stage.augment(run, p)
         wall = time.perf_counter() - t0
         rss = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     status = run.status().set_index("table")
@@ -143,7 +147,7 @@ def baseline(train: pd.DataFrame, n: int) -> dict:
     ref_rows = sum(reference_loop(r, 500) for r in sub.to_dict("records"))
     ref_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours = A.augment_frame(sub, A.preset("v1", check="env"))
+    ours = AF.augment_frame(sub, AP.preset("v1", check="env"))
     ours_s = time.perf_counter() - t0
     return {"structures": len(sub), "ids": sub["id"].tolist(),
             "reference_rows": ref_rows, "reference_s": round(ref_s, 1),
@@ -304,7 +308,7 @@ def main() -> int:
         train = train.iloc[::10].reset_index(drop=True)
     res: dict = {"workers": args.workers, "check": args.check, "quick": args.quick,
                  "raw": {"structures": len(train),
-                         "unique_symmetries": int(A.symmetry_key(train).nunique())},
+                         "unique_symmetries": int(AS.symmetry_key(train).nunique())},
                  "presets": []}
     for name in names:
         frac = args.fraction_2m if name == "2m" and not args.quick else 1

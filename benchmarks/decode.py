@@ -25,8 +25,10 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_ingest_decode import garbage, noisy  # noqa: E402
 
-from legodask import codec, sources  # noqa: E402
+from legodask import codec  # noqa: E402
 from legodask import schema as S  # noqa: E402
+from legodask.sources import ingest as ingest_kernel  # noqa: E402
+from legodask.sources import sacada  # noqa: E402
 
 OUT = Path(__file__).parent / "results"
 COMMAND = "OMP_NUM_THREADS=1 python benchmarks/decode.py"
@@ -35,9 +37,9 @@ COMMAND = "OMP_NUM_THREADS=1 python benchmarks/decode.py"
 def training_rows() -> pd.DataFrame:
     from ase.db import connect
 
-    with connect(sources.sacada_db()) as db:
+    with connect(sacada.sacada_db()) as db:
         rows = [codec.atoms_to_row(r.toatoms()) for r in db.select()]
-    df = sources.TrainingFilter().apply(S.conform(pd.DataFrame(rows)))
+    df = ingest_kernel.TrainingFilter().apply(S.conform(pd.DataFrame(rows)))
     return df[df["train"]].reset_index(drop=True)
 
 

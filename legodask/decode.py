@@ -2,7 +2,7 @@
 
 The per-partition kernel is ``codec.decode_frame``; this module only maps it over
 a table of the run, or over an external Parquet/CSV file in the table's layout or
-the reference implementation's (``legodask.layouts``), and writes the result.
+the reference implementation's (``legodask.sources.layouts``), and writes the result.
 Every row gets an id: its own, else ``<input name>-<row number>``.
 """
 
@@ -17,7 +17,8 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from . import codec, layouts
+from . import codec
+from .sources import layouts
 from . import schema as S
 from .store import Run, StageResult
 

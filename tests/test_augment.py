@@ -15,9 +15,15 @@ import spglib
 from ase.neighborlist import neighbor_list
 from pyxtal import pyxtal
 
-from legodask import augment as A
-from legodask import codec, sources
+from legodask.augment import frame as AF
+from legodask.augment import params as AP
+from legodask.augment import subgroups as AS
+from legodask.augment import timeout as AT
+from legodask.sources import ingest as ingest_kernel
+from legodask.sources import readers
+from legodask import codec
 from legodask import schema as S
+from legodask.stages import augment as stage
 from legodask.store import Run
 
 # small SACADA structures: 8-atom I4_132 (8a), 8-atom P4_2/mmc (4i 4g), 18-atom (2 sites)
@@ -25,19 +31,19 @@ DB_IDS = [2, 19, 60]
 SMALL = dict(max_per_structure=40, max_per_subgroup=8, max_per_parent=12, tries=4)
 
 
-def small(**kw: object) -> A.Params:
-    return A.Params(**{**SMALL, **kw})
+def small(**kw: object) -> AP.Params:
+    return AP.Params(**{**SMALL, **kw})
 
 
 @pytest.fixture(scope="module")
 def train(sacada_db: Path) -> pd.DataFrame:
-    items = [it for it in sources.list_items(sacada_db) if it.key in DB_IDS]
-    return sources.TrainingFilter().apply(sources.read_items(items, 1e-3, "sacada"))
+    items = [it for it in readers.list_items(sacada_db) if it.key in DB_IDS]
+    return ingest_kernel.TrainingFilter().apply(ingest_kernel.read_items(items, 1e-3, "sacada"))
 
 
 @pytest.fixture(scope="module")
 def augmented(train: pd.DataFrame) -> pd.DataFrame:
-    return A.augment_frame(train, small(seed=7))
+    return AF.augment_frame(train, small(seed=7))
 
 
 def diamond_row() -> dict:
@@ -79,7 +85,7 @@ def test_rows_are_the_parent_structure(train: pd.DataFrame, augmented: pd.DataFr
         found = spglib.get_symmetry_dataset(cell, symprec=0.01).number
         assert found == spg_of[row["parent_id"]]
         parent_spg = int(train.set_index("id").loc[row["parent_id"], "spg"])
-        path = row[A.PATH].split(">")
+        path = row[S.SUBGROUP_PATH].split(">")
         assert int(path[0]) == parent_spg and int(path[-1]) == row["spg"]
         n_sub += len(path) > 1
     assert n_sub > 0
@@ -89,33 +95,33 @@ def test_swaps_and_caps(augmented: pd.DataFrame) -> None:
     for pid, rows in augmented.groupby("parent_id"):
         # at most one subgroup over the structure cap, none over its own caps
         assert len(rows) <= SMALL["max_per_structure"] + SMALL["max_per_subgroup"]
-        sizes = rows.groupby(A.PATH).size()
-        parent_path = rows[A.PATH].iloc[0]
+        sizes = rows.groupby(S.SUBGROUP_PATH).size()
+        parent_path = rows[S.SUBGROUP_PATH].iloc[0]
         assert sizes[parent_path] <= SMALL["max_per_parent"]
         assert (sizes.drop(parent_path) <= SMALL["max_per_subgroup"]).all()
         # orbit swaps: rows of one subgroup path share the space group; no row repeats
-        assert (rows.groupby(A.PATH)["spg"].nunique() == 1).all()
+        assert (rows.groupby(S.SUBGROUP_PATH)["spg"].nunique() == 1).all()
         assert len(rows.drop_duplicates(S.TABULAR)) == len(rows)
 
 
 def test_diamond_subgroups_of_the_paper() -> None:
-    out = A.augment_frame(pd.DataFrame([diamond_row()]),
-                          A.Params(seed=3, check="none", tries=20, max_per_structure=10_000))
-    keys = set(A.symmetry_key(out))
+    out = AF.augment_frame(pd.DataFrame([diamond_row()]),
+                          AP.Params(seed=3, check="none", tries=20, max_per_structure=10_000))
+    keys = set(AS.symmetry_key(out))
     # Fd-3m 8a -> F-43m 4a+4d, R-3m 6c, I4_1/amd 4a (paper Fig. 2a)
     assert {"227 8a", "216 4a 4d", "166 6c", "141 4a"} <= keys
-    assert set(out.loc[A.symmetry_key(out) == "166 6c", A.PATH]) >= {"227>166"}
+    assert set(out.loc[AS.symmetry_key(out) == "166 6c", S.SUBGROUP_PATH]) >= {"227>166"}
     assert (out["spg"] == 227).sum() == 8     # the 8 atoms of 8a, each once
 
 
 def test_environment_check_rejects_diamond() -> None:
-    out = A.augment_frame(pd.DataFrame([diamond_row()]), small(check="env"))
+    out = AF.augment_frame(pd.DataFrame([diamond_row()]), small(check="env"))
     assert len(out) == 1 and not out["valid_xtal"].iloc[0]
     assert "CN 4, expected 3" in out["error"].iloc[0]
 
 
 def _table_bytes(run: Run) -> list[str]:
-    files = sorted(run.table_path(A.TABLE).glob("part-*.parquet"))
+    files = sorted(run.table_path(S.AUGMENTED).glob("part-*.parquet"))
     return [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
 
 
@@ -127,11 +133,11 @@ def test_same_seed_same_bytes_any_workers_or_partitions(train: pd.DataFrame,
         run = Run(tmp_path / f"r{k}")
         run.write_frame_table("ingested", train, rows_per_part=rows_per_part)
         with dask.config.set(scheduler="threads", num_workers=workers):
-            A.augment(run, p)
+            stage.augment(run, p)
         digests.append(_table_bytes(run))
     assert digests[0] == digests[1] and len(digests[0]) == len(train)
-    other = A.augment_frame(train.head(1), small(seed=12, tries=2))
-    same = A.augment_frame(train.head(1), p)
+    other = AF.augment_frame(train.head(1), small(seed=12, tries=2))
+    same = AF.augment_frame(train.head(1), p)
     assert not other[["x0", "y0", "z0"]].equals(same[["x0", "y0", "z0"]])
 
 
@@ -152,44 +158,44 @@ def test_failures_are_recorded_and_others_go_on(train: pd.DataFrame,
 
     monkeypatch.setattr(pyxtal, "subgroup_once", flaky)
     odd = train.iloc[[2]].assign(id="odd", spg=999)
-    out = A.augment_frame(pd.concat([train, odd]), small(timeout=3.0, tries=2))
+    out = AF.augment_frame(pd.concat([train, odd]), small(timeout=3.0, tries=2))
     by = out.groupby("parent_id")
     # a raise inside a try is a failed try, recorded on the rows; the parent's own
     # representation remains
     broken = by.get_group(bad)
-    assert broken["valid_xtal"].all() and (broken[A.PATH] == broken[A.PATH].iloc[0]).all()
-    assert broken[A.ERRORS].str.contains("4 subgroup tries raised.*pyxtal broke").all()
+    assert broken["valid_xtal"].all() and (broken[S.SUBGROUP_PATH] == broken[S.SUBGROUP_PATH].iloc[0]).all()
+    assert broken[S.AUGMENT_ERRORS].str.contains("4 subgroup tries raised.*pyxtal broke").all()
     hung = by.get_group(slow)
     assert len(hung) == 1 and "time-out" in hung["error"].iloc[0]
     odd_row = by.get_group("odd")
     assert not odd_row["valid_xtal"].iloc[0] and "space group" in odd_row["error"].iloc[0]
     third = by.get_group(train["id"].iloc[2])
-    assert third["valid_xtal"].all() and third[A.PATH].str.contains(">").any()
+    assert third["valid_xtal"].all() and third[S.SUBGROUP_PATH].str.contains(">").any()
 
 
 def test_timeout_leaves_no_pending_exception() -> None:
-    assert A.call_with_timeout(lambda: 5, 0.05) == 5
+    assert AT.call_with_timeout(lambda: 5, 0.05) == 5
     time.sleep(0.3)       # the watchdog must not fire after the call returned
-    with pytest.raises(A.AugmentTimeout):
-        A.call_with_timeout(lambda: [time.sleep(0.01) for _ in range(500)], 0.2)
+    with pytest.raises(AT.AugmentTimeout):
+        AT.call_with_timeout(lambda: [time.sleep(0.01) for _ in range(500)], 0.2)
 
 
 def test_symmetry_key_and_presets() -> None:
     df = pd.DataFrame([diamond_row(), {**diamond_row(), "spg": 166, "wp0": 3, "wp1": -1}])
-    assert A.symmetry_key(df).tolist() == ["227 8a", "166 18f"]
-    assert set(A.PRESETS) == {"v1", "v2", "v3", "2m"}
-    sizes = [A.preset(k).max_per_structure for k in ("v1", "v2", "v3", "2m")]
+    assert AS.symmetry_key(df).tolist() == ["227 8a", "166 18f"]
+    assert set(AP.PRESETS) == {"v1", "v2", "v3", "2m"}
+    sizes = [AP.preset(k).max_per_structure for k in ("v1", "v2", "v3", "2m")]
     assert sizes == sorted(sizes)
-    assert A.preset("v1", seed=5, eps=None).seed == 5
-    assert A.preset("v3", max_per_subgroup=4).max_per_parent == 12
+    assert AP.preset("v1", seed=5, eps=None).seed == 5
+    assert AP.preset("v3", max_per_subgroup=4).max_per_parent == 12
 
 
 def test_prerelax_check_filters_but_keeps_the_geometry(train: pd.DataFrame) -> None:
     one = train.head(1)
-    relaxed = A.augment_frame(one, small(check="prerelax", tries=1))
-    plain = A.augment_frame(one, small(check="env", tries=1))
+    relaxed = AF.augment_frame(one, small(check="prerelax", tries=1))
+    plain = AF.augment_frame(one, small(check="env", tries=1))
     assert relaxed["valid_xtal"].all()
-    parent = plain[A.PATH] == plain[A.PATH].iloc[0]
+    parent = plain[S.SUBGROUP_PATH] == plain[S.SUBGROUP_PATH].iloc[0]
     cols = ["a", "c", *S.XYZ_FLAT[:3]]
     pd.testing.assert_frame_equal(relaxed.loc[parent, cols], plain.loc[parent, cols])
 
@@ -202,14 +208,14 @@ def test_command_line(train: pd.DataFrame, tmp_path: Path) -> None:
         r.write_frame_table("ingested", train)
     assert main(["augment", "--run", str(run.path), "--preset", "v1", "--seed", "4",
                  "--max-per-structure", "20", "--tries", "1", "--workers", "2"]) == 0
-    out = run.read(A.TABLE).compute()
+    out = run.read(S.AUGMENTED).compute()
     assert set(out["parent_id"]) == set(train["id"]) and out["valid_xtal"].all()
-    assert run.info(A.TABLE)["params"]["seed"] == 4
-    own = out[~out[A.PATH].str.contains(">")]
+    assert run.info(S.AUGMENTED)["params"]["seed"] == 4
+    own = out[~out[S.SUBGROUP_PATH].str.contains(">")]
     assert (own.groupby("parent_id").size() <= 20).all()   # parent capped by the structure cap
     # two worker processes write the same bytes as one process
     with dask.config.set(scheduler="synchronous"):
-        A.augment(local, A.preset("v1", seed=4, max_per_structure=20, tries=1))
+        stage.augment(local, AP.preset("v1", seed=4, max_per_structure=20, tries=1))
     assert _table_bytes(run) == _table_bytes(local)
 
 
@@ -217,8 +223,8 @@ def test_rerun_resumes_and_refuses_other_parameters(train: pd.DataFrame, tmp_pat
     run = Run(tmp_path)
     run.write_frame_table("ingested", train.head(1))
     p = small(tries=1)
-    first = A.augment(run, p)
-    again = A.augment(run, p)
+    first = stage.augment(run, p)
+    again = stage.augment(run, p)
     assert first.written == 1 and again.written == 0 and again.skipped == 1
     with pytest.raises(ValueError, match="other parameters"):
-        A.augment(run, small(tries=1, seed=99))
+        stage.augment(run, small(tries=1, seed=99))

@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legodask import dedup, rank, sources
+from legodask import dedup, rank
 from legodask import schema as S
+from legodask.stages import ingest as ingest_stage
 from legodask.energy.relax import RelaxSettings
 from legodask.stages.prerelax import prerelax
 from legodask.store import Run
@@ -26,7 +27,7 @@ def decoded(sacada_db, tmp_path_factory) -> Run:
     """Small training crystals with noise, 12 partitions of 2 rows, as ``decoded``."""
     run = Run(tmp_path_factory.mktemp("faults"))
     with dask.config.set(scheduler="synchronous"):
-        sources.ingest(run, sacada_db)
+        ingest_stage.ingest(run, sacada_db)
     df = pd.read_parquet(run.table_path("ingested"))
     df = df[df["train"] & (df["natoms"] <= 8)].head(6)
     rng = np.random.default_rng(0)

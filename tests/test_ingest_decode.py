@@ -15,8 +15,10 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from legodask import codec, decode, sources
+from legodask import codec, decode
 from legodask import schema as S
+from legodask.sources import sacada
+from legodask.stages import ingest as ingest_stage
 from legodask.cli import main
 from legodask.store import Run
 
@@ -27,7 +29,7 @@ EXCLUDED = {1, 32, 47, 48, 49, 50, 51, 52, 130, 144}
 def ingested(sacada_db, tmp_path_factory) -> Run:
     run = Run(tmp_path_factory.mktemp("run"))
     with dask.config.set(scheduler="synchronous"):
-        sources.ingest(run, sacada_db)
+        ingest_stage.ingest(run, sacada_db)
     return run
 
 
@@ -43,12 +45,12 @@ def test_ingest_sacada_gives_150_rows_140_for_training(ingested):
 
 
 def test_sacada_checksum(sacada_db, monkeypatch, tmp_path):
-    monkeypatch.setenv(sources.SACADA_ENV, str(sacada_db))
-    assert sources.sacada_db() == sacada_db
+    monkeypatch.setenv(sacada.SACADA_ENV, str(sacada_db))
+    assert sacada.sacada_db() == sacada_db
     bad = tmp_path / "sp2_sacada.db"
     bad.write_bytes(b"not the db")
     with pytest.raises(ValueError, match="sha256"):
-        sources.sacada_db(bad)
+        sacada.sacada_db(bad)
 
 
 def test_malformed_cif_is_reported_and_the_rest_ingested(tmp_path):
@@ -59,7 +61,7 @@ def test_malformed_cif_is_reported_and_the_rest_ingested(tmp_path):
     (folder / "broken.cif").write_text("data_broken\n_cell_length_a 3\nloop_\n_atom_site\n???\n")
     run = Run(tmp_path / "run")
     with dask.config.set(scheduler="synchronous"):
-        sources.ingest(run, folder)
+        ingest_stage.ingest(run, folder)
     df = pd.read_parquet(run.table_path("ingested")).set_index("id")
     assert df.loc["diamond", "valid_xtal"] and df.loc["diamond", "spg"] == 227
     assert not df.loc["broken", "valid_xtal"] and "broken.cif" in df.loc["broken", "error"]
@@ -71,14 +73,14 @@ def test_extxyz_and_reference_csv(tmp_path):
     write(tmp_path / "two.extxyz", frames, format="extxyz")
     run = Run(tmp_path / "run")
     with dask.config.set(scheduler="synchronous"):
-        sources.ingest(run, tmp_path / "two.extxyz")
+        ingest_stage.ingest(run, tmp_path / "two.extxyz")
     df = pd.read_parquet(run.table_path("ingested"))
     assert sorted(df["el0"]) == ["C", "Si"] and (df["spg"] == 227).all()
     csv = tmp_path / "ref.csv"
     pd.DataFrame([[227, 3.567, 3.567, 3.567, np.pi / 2, np.pi / 2, np.pi / 2,
                    8, 0.125, 0.125, 0.125] + [-1] * 28]).to_csv(csv, index=False)
     with dask.config.set(scheduler="synchronous"):
-        sources.ingest(run, csv, table="ref")
+        ingest_stage.ingest(run, csv, table="ref")
     ref = pd.read_parquet(run.table_path("ref"))
     assert ref["valid_xtal"].all() and ref["natoms"][0] == 8
 

@@ -20,8 +20,11 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import write
 
-from legodask import codec, decode, layouts, sources
+from legodask import codec, decode
 from legodask import schema as S
+from legodask.sources import ingest as ingest_kernel
+from legodask.sources import layouts, readers
+from legodask.stages import ingest as ingest_stage
 from legodask.store import LOCK, Run, TableBusy
 
 
@@ -73,7 +76,7 @@ def test_n_sites_of_2000_sites_does_not_wrap_and_the_filter_says_why():
     df = S.conform(pd.DataFrame([row]))
     assert df["n_sites"][0] == np.iinfo("int8").max          # not -48
     assert "n_sites = 2000" in df["error"][0]
-    kept = sources.TrainingFilter().apply(df)
+    kept = ingest_kernel.TrainingFilter().apply(df)
     assert kept["filter_reason"][0] == "more than 8 Wyckoff sites"
 
 
@@ -88,7 +91,7 @@ def test_ingest_applies_decodes_checks_and_names_what_is_wrong(tmp_path):
     write(folder / "diamond.cif", bulk("C", "diamond", a=3.567))
     (folder / "noise.cif").write_bytes(np.random.default_rng(0).bytes(600))
     run = Run(tmp_path / "run")
-    sources.ingest(run, folder)
+    ingest_stage.ingest(run, folder)
     df = pd.read_parquet(run.table_path("ingested")).set_index("id")
     assert not df.loc["close", "valid_xtal"] and not df.loc["close", "train"]
     assert codec.OVERLAP in df.loc["close", "error"]
@@ -102,7 +105,7 @@ def test_ingest_applies_decodes_checks_and_names_what_is_wrong(tmp_path):
 def test_a_molecule_without_cell_is_named_as_such(tmp_path):
     path = tmp_path / "water.xyz"
     write(path, molecule("H2O"), format="extxyz")
-    out = sources.read_items(sources.list_items(path), 1e-3, "water.xyz")
+    out = ingest_kernel.read_items(readers.list_items(path), 1e-3, "water.xyz")
     assert not out["valid_xtal"][0]
     assert "no periodic cell" in out["error"][0] and "NoneType" not in out["error"][0]
 
