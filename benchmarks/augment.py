@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from legodask.augment import frame as AF  # noqa: E402
 from legodask.augment import params as AP  # noqa: E402
 from legodask.augment import subgroups as AS  # noqa: E402
-from legodask import codec  # noqa: E402
+from legodask.crystal.convert import row_to_pyxtal  # noqa: E402
 from legodask import schema as S  # noqa: E402
 from legodask.cluster import compute, connect  # noqa: E402
 from legodask.stages import augment as augment_stage  # noqa: E402
@@ -109,7 +109,7 @@ def reference_loop(row: dict, cap: int) -> int:
     bu.set_descriptor_calculator(mykwargs={"rcut": 2.0})
     bu.set_reference_enviroments(ref.to_pymatgen())
     bu.set_criteria(CN={"C": [3]})
-    xtal = codec.row_to_pyxtal(row)
+    xtal = row_to_pyxtal(row)
     opt, _, _ = bu.optimize_xtal(xtal, add_db=False)
     if opt is None or not opt.check_validity(bu.criteria):
         return 0

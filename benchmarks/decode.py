@@ -1,4 +1,4 @@
-"""Decode throughput: legodask's codec vs pyxtal's ``from_tabular_representation``.
+"""Decode throughput: legodask's vectorised decoder vs pyxtal's ``from_tabular_representation``.
 
 All decode the same rows in the same process on one core: training rows with
 noise on every value (generated-like) and garbage rows.  legodask twice: the
@@ -25,7 +25,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from test_ingest_decode import garbage, noisy  # noqa: E402
 
-from legodask import codec  # noqa: E402
+from legodask.crystal.convert import atoms_to_row, pyxtal_verdicts  # noqa: E402
+from legodask.crystal.frame import decode_frame, decode_frame_rowwise  # noqa: E402
 from legodask import schema as S  # noqa: E402
 from legodask.sources import ingest as ingest_kernel  # noqa: E402
 from legodask.sources import sacada  # noqa: E402
@@ -38,7 +39,7 @@ def training_rows() -> pd.DataFrame:
     from ase.db import connect
 
     with connect(sacada.sacada_db()) as db:
-        rows = [codec.atoms_to_row(r.toatoms()) for r in db.select()]
+        rows = [atoms_to_row(r.toatoms()) for r in db.select()]
     df = ingest_kernel.TrainingFilter().apply(S.conform(pd.DataFrame(rows)))
     return df[df["train"]].reset_index(drop=True)
 
@@ -46,19 +47,19 @@ def training_rows() -> pd.DataFrame:
 def pyxtal_decode(df: pd.DataFrame) -> tuple[float, float, float]:
     """Rows/s, share valid, share of 'valid' crystals that lost a site."""
     t = time.perf_counter()
-    valid, lost = codec.pyxtal_verdicts(df).sum(0)
+    valid, lost = pyxtal_verdicts(df).sum(0)
     dt = time.perf_counter() - t
     return len(df) / dt, valid / len(df), lost / max(valid, 1)
 
 
 def ours(df: pd.DataFrame) -> tuple[float, float, float]:
     """Rows/s of the vectorised and the row-wise decoder, share valid."""
-    codec.decode_frame(df)                          # fill the Wyckoff caches for both
+    decode_frame(df)                          # fill the Wyckoff caches for both
     t = time.perf_counter()
-    out = codec.decode_frame(df)
+    out = decode_frame(df)
     fast = time.perf_counter() - t
     t = time.perf_counter()
-    ref = codec.decode_frame_rowwise(df)
+    ref = decode_frame_rowwise(df)
     rowwise = time.perf_counter() - t
     pd.testing.assert_frame_equal(out[S.COLUMNS], ref[S.COLUMNS], check_exact=True)
     return len(df) / fast, len(df) / rowwise, float(out["valid_xtal"].mean())
@@ -70,7 +71,7 @@ def main() -> None:
     quick = ap.parse_args().quick
     n = 1000 if quick else 5000
     train = training_rows()
-    codec.decode_frame(train)                       # warm the Wyckoff caches for both
+    decode_frame(train)                       # warm the Wyckoff caches for both
     sets = {"generated-like": noisy(train, n), "far-off (noise 0.03)": noisy(train, n, 1, 0.03),
             "garbage": garbage(n, seed=3)}
     results = {}

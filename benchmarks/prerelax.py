@@ -49,8 +49,9 @@ from ase.geometry import cellpar_to_cell  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import training_rows  # noqa: E402
 
-from legodask import codec  # noqa: E402
-from legodask.environment import check_atoms, get_environment  # noqa: E402
+from legodask.crystal.convert import row_to_atoms, row_to_pyxtal  # noqa: E402
+from legodask.crystal.decode import DecodeError, decode_row  # noqa: E402
+from legodask.crystal.environment import check_atoms, get_environment  # noqa: E402
 from legodask.prerelax import Options  # noqa: E402
 from legodask.prerelax.problem import build_problem, relaxed_row  # noqa: E402
 from legodask.prerelax.rescue import relax_rows  # noqa: E402
@@ -88,9 +89,9 @@ def perturbed(rows: pd.DataFrame, seed: int, shift: float = 0.5, strain: float =
             x[lengths] *= 1 + rng.uniform(-strain, strain, lengths.sum())
             new = {**row, **relaxed_row(p, x), "orig": row}
             try:
-                codec.decode_row(new)
+                decode_row(new)
                 break
-            except codec.DecodeError:
+            except DecodeError:
                 continue
         out.append(new)
     return out
@@ -109,8 +110,8 @@ def generated_like(rows: pd.DataFrame, n: int, seed: int) -> list[dict]:
         x[p.kind == 0] *= 1 + rng.uniform(-0.15, 0.15, (p.kind == 0).sum())
         new = {**row, **relaxed_row(p, x)}
         try:
-            codec.decode_row(new)  # atoms on top of each other: draw again later
-        except codec.DecodeError:
+            decode_row(new)  # atoms on top of each other: draw again later
+        except DecodeError:
             continue
         out.append(new)
     return out
@@ -148,7 +149,7 @@ def judge(results: list[dict], rows: list[dict], env, own: list[dict] | None = N
     for k, (res, row) in enumerate(zip(results, rows)):
         atoms = res["atoms"]
         ok, _ = check_atoms(atoms, env) if atoms is not None else (False, None)
-        orig = codec.row_to_atoms(row["orig"]) if "orig" in row else None
+        orig = row_to_atoms(row["orig"]) if "orig" in row else None
         out.append({"seconds": res["seconds"], "valid_env": bool(ok),
                     "back": came_back(orig, atoms),
                     "back_own": own is not None and came_back(own[k]["atoms"], atoms)})
@@ -180,7 +181,7 @@ def run_pyxtal(rows: list[dict], env, opts: Options | None = None) -> list[dict]
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                xtal = codec.row_to_pyxtal(row, check_distances=False)
+                xtal = row_to_pyxtal(row, check_distances=False)
                 res, _, _ = bu.optimize_xtal(xtal, minimizers=CHAIN, add_db=False)
             except Exception:  # pyxtal fails on some rows: a failure, as it is
                 res = None
@@ -191,8 +192,8 @@ def run_pyxtal(rows: list[dict], env, opts: Options | None = None) -> list[dict]
 
 def _relaxed_atoms(row: dict, res):
     try:
-        return codec.row_to_atoms({**row, **relaxed_row(build_problem(row), res.x)})
-    except codec.DecodeError:
+        return row_to_atoms({**row, **relaxed_row(build_problem(row), res.x)})
+    except DecodeError:
         return None
 
 

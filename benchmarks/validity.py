@@ -31,9 +31,11 @@ from ase.geometry import cellpar_to_cell
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from decode import pyxtal_decode  # noqa: E402  (pyxtal's from_tabular_representation)
 
-from legodask import codec, models
+from legodask import models
+from legodask.crystal.decode import decode_row, only_overlapping
+from legodask.crystal.frame import decode_frame
 from legodask import schema as S
-from legodask.stats import symmetry_key
+from legodask.analysis.stats import symmetry_key
 from legodask.store import Run
 
 OUT = Path(__file__).parent / "results"
@@ -43,7 +45,7 @@ def overlap_kind(row: dict) -> str:
     """Whether the closest pair of a row's atoms is of one site's orbit or of two sites."""
     from scipy.spatial import cKDTree
 
-    dec = codec.decode_row(row, check_distances=False)
+    dec = decode_row(row, check_distances=False)
     frac, _ = dec.positions()
     site = np.repeat(np.arange(len(dec.sites)), [s.wp.multiplicity for s in dec.sites])
     cell = cellpar_to_cell(dec.cell)
@@ -73,9 +75,9 @@ def reasons(out: pd.DataFrame) -> dict[str, float]:
 def scored(enc, x: np.ndarray, train_syms: set) -> tuple[pd.DataFrame, dict[str, float]]:
     df = enc.inverse_transform(x)
     df["id"] = [f"s{i}" for i in range(len(df))]
-    out = codec.decode_frame(df)
+    out = decode_frame(df)
     ok = out["valid_xtal"]
-    pyx = ok | codec.only_overlapping(out)
+    pyx = ok | only_overlapping(out)
     syms = set(symmetry_key(out[ok]).tolist())
     return out, {"valid": round(float(ok.mean()), 4), "valid_pyxtal": round(float(pyx.mean()), 4),
                  "symmetries": len(syms), "new_symmetries": len(syms - train_syms)}
@@ -87,7 +89,7 @@ def prerelaxed(out: pd.DataFrame, n: int, max_atoms: int = 48) -> dict[str, list
     atoms, pre-relaxed towards graphite (batched path)."""
     from legodask import prerelax
 
-    lax = codec.decode_frame(out.drop(columns=["valid_xtal", "error"]), min_distance=0.0)
+    lax = decode_frame(out.drop(columns=["valid_xtal", "error"]), min_distance=0.0)
     small = lax["natoms"].between(1, max_atoms)
     overlapping = lax["valid_xtal"] & ~out["valid_xtal"] & small
     res = {}

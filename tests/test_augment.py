@@ -15,14 +15,15 @@ import spglib
 from ase.neighborlist import neighbor_list
 from pyxtal import pyxtal
 
+from legodask import schema as S
 from legodask.augment import frame as AF
 from legodask.augment import params as AP
 from legodask.augment import subgroups as AS
 from legodask.augment import timeout as AT
+from legodask.crystal.convert import pyxtal_to_row, row_to_atoms
+from legodask.crystal.frame import decode_frame
 from legodask.sources import ingest as ingest_kernel
 from legodask.sources import readers
-from legodask import codec
-from legodask import schema as S
 from legodask.stages import augment as stage
 from legodask.store import Run
 
@@ -49,7 +50,7 @@ def augmented(train: pd.DataFrame) -> pd.DataFrame:
 def diamond_row() -> dict:
     x = pyxtal()
     x.from_spg_wps_rep(227, ["8a"], [3.567], ["C"])
-    return codec.pyxtal_to_row(x, id="diamond", source="test")
+    return pyxtal_to_row(x, id="diamond", source="test")
 
 
 def environments(atoms, cutoff: float = 1.9) -> np.ndarray:
@@ -66,16 +67,16 @@ def same_environments(env: np.ndarray, env0: np.ndarray, tol: float = 0.01) -> b
 
 
 def test_rows_are_the_parent_structure(train: pd.DataFrame, augmented: pd.DataFrame) -> None:
-    decoded = codec.decode_frame(augmented)
+    decoded = decode_frame(augmented)
     assert decoded["valid_xtal"].all(), decoded["error"].dropna().tolist()[:3]
     assert set(augmented["parent_id"]) == set(train["id"])
     assert augmented["id"].is_unique
-    parents = {r["id"]: codec.row_to_atoms(r) for r in train.to_dict("records")}
+    parents = {r["id"]: row_to_atoms(r) for r in train.to_dict("records")}
     spg_of = {k: spglib.get_symmetry_dataset((a.cell[:], a.get_scaled_positions(), a.numbers),
                                              symprec=0.01).number for k, a in parents.items()}
     n_sub = 0
     for row in decoded.to_dict("records"):
-        atoms, parent = codec.row_to_atoms(row), parents[row["parent_id"]]
+        atoms, parent = row_to_atoms(row), parents[row["parent_id"]]
         # same density and the same per-atom environments (bond lengths), to 0.01
         rho, rho0 = len(atoms) / atoms.get_volume(), len(parent) / parent.get_volume()
         assert abs(rho / rho0 - 1) < 1e-3

@@ -1,4 +1,4 @@
-"""The codec: exact round trips, projection onto Wyckoff positions, garbage rows."""
+"""Decoding rows: exact round trips, projection onto Wyckoff positions, garbage rows."""
 
 from __future__ import annotations
 
@@ -9,8 +9,15 @@ import pandas as pd
 import pytest
 from ase.build import bulk
 
-from legodask import codec
+from legodask.crystal.cell import metric_tensor, symmetrize_cell
+from legodask.crystal.convert import (atoms_to_pyxtal, atoms_to_row, pyxtal_to_row,
+                                      row_to_atoms, row_to_pyxtal, wyckoff_labels)
+from legodask.crystal.decode import DecodeError, decode_row
+from legodask.crystal.frame import decode_frame, to_generators
+from legodask.crystal.wyckoff import generator_ops, group_info, project_many
+from legodask.models.grid import Grid
 from legodask import schema as S
+from legodask.sources import layouts
 
 EXCLUDED = {1, 32, 47, 48, 49, 50, 51, 52, 130, 144}
 
@@ -20,7 +27,7 @@ def sacada_rows(sacada_db):
     from ase.db import connect
 
     with connect(sacada_db) as db:
-        return [(r.id, r, codec.atoms_to_row(r.toatoms())) for r in db.select()]
+        return [(r.id, r, atoms_to_row(r.toatoms())) for r in db.select()]
 
 
 def test_ingest_matches_db_symmetry(sacada_rows):
@@ -28,7 +35,7 @@ def test_ingest_matches_db_symmetry(sacada_rows):
         if row["n_sites"] > S.MAX_SITES:
             continue
         assert row["spg"] == r.space_group_number, db_id
-        assert sorted(codec.wyckoff_labels(row)) == sorted(eval(r.wps)), db_id
+        assert sorted(wyckoff_labels(row)) == sorted(eval(r.wps)), db_id
         assert row["natoms"] == r.natoms, db_id
 
 
@@ -37,7 +44,7 @@ def test_round_trip_is_exact(sacada_rows):
     for db_id, _, row in sacada_rows:
         if db_id in EXCLUDED:
             continue
-        row2 = codec.pyxtal_to_row(codec.row_to_pyxtal(row))
+        row2 = pyxtal_to_row(row_to_pyxtal(row))
         for col in S.TABULAR + ["natoms", "n_sites", "dof"]:
             v, v2 = row.get(col), row2.get(col)
             if isinstance(v, float) and math.isnan(v):
@@ -59,28 +66,28 @@ def test_decoded_atoms_are_the_source_structure(sacada_rows):
         if not row["valid_xtal"]:
             continue
         a = AseAtomsAdaptor.get_structure(r.toatoms())
-        b = AseAtomsAdaptor.get_structure(codec.row_to_atoms(row))
+        b = AseAtomsAdaptor.get_structure(row_to_atoms(row))
         assert matcher.fit(a, b)
 
 
 def test_projection_moves_a_noisy_site_back():
     """Diamond 8a in Fd-3m: any point within tolerance snaps to (1/8, 1/8, 1/8)."""
-    row = codec.pyxtal_to_row(codec.atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
+    row = pyxtal_to_row(atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
     noisy = dict(row, x0=row["x0"] + 0.02, y0=row["y0"] - 0.01)
-    dec = codec.decode_row(noisy)
+    dec = decode_row(noisy)
     assert dec.natoms == 8 and dec.dof == 1
     assert 0 < dec.sites[0].moved < 0.1
-    assert codec.decode_row(row).sites[0].moved == pytest.approx(0, abs=1e-12)
+    assert decode_row(row).sites[0].moved == pytest.approx(0, abs=1e-12)
     # the projected point is a member of the 8a orbit of the clean row
-    clean = codec.decode_row(row).sites[0].orbit()
+    clean = decode_row(row).sites[0].orbit()
     assert np.min(np.abs(((clean - dec.sites[0].point) + 0.5) % 1 - 0.5).max(1)) < 1e-9
 
 
 def test_site_is_never_dropped():
     """A special site far from its position is an invalid row, not a lost site."""
-    row = codec.pyxtal_to_row(codec.atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
+    row = pyxtal_to_row(atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
     far = dict(row, x0=0.4, y0=0.1, z0=0.3)
-    out = codec.decode_frame(pd.DataFrame([far, row]))
+    out = decode_frame(pd.DataFrame([far, row]))
     assert list(out["valid_xtal"]) == [False, True]
     assert "from Wyckoff position 8a" in out["error"][0]
     assert list(out["n_sites"]) == [1, 1]
@@ -100,9 +107,9 @@ def test_site_is_never_dropped():
     ({"wp0": -1}, "no occupied"),
 ])
 def test_garbage_gets_a_reason(change, reason):
-    row = codec.pyxtal_to_row(codec.atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
-    with pytest.raises(codec.DecodeError, match=reason):
-        codec.decode_row({**row, **change})
+    row = pyxtal_to_row(atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
+    with pytest.raises(DecodeError, match=reason):
+        decode_row({**row, **change})
 
 
 def test_overlapping_atoms_are_invalid():
@@ -110,20 +117,20 @@ def test_overlapping_atoms_are_invalid():
     row = {"spg": 1, "a": 4, "b": 4, "c": 4, "alpha": 90, "beta": 90, "gamma": 90,
            "wp0": 0, "el0": "C", "x0": 0.1, "y0": 0.1, "z0": 0.1,
            "wp1": 0, "el1": "C", "x1": 0.1, "y1": 0.1, "z1": 0.12}
-    with pytest.raises(codec.DecodeError, match="on top of each other"):
-        codec.decode_row(row)
+    with pytest.raises(DecodeError, match="on top of each other"):
+        decode_row(row)
 
 
 def test_multi_element_rock_salt():
-    xtal = codec.atoms_to_pyxtal(bulk("NaCl", "rocksalt", a=5.64, cubic=True))
-    row = codec.pyxtal_to_row(xtal)
+    xtal = atoms_to_pyxtal(bulk("NaCl", "rocksalt", a=5.64, cubic=True))
+    row = pyxtal_to_row(xtal)
     assert row["spg"] == 225 and {row["el0"], row["el1"]} == {"Na", "Cl"}
-    atoms = codec.row_to_atoms(row)
+    atoms = row_to_atoms(row)
     assert sorted(atoms.get_chemical_symbols()) == ["Cl"] * 4 + ["Na"] * 4
 
 
 def test_discrete_grid_round_trip(sacada_rows):
-    grid = codec.Grid()
+    grid = Grid()
     df = S.conform(pd.DataFrame([r for i, _, r in sacada_rows if i not in EXCLUDED]))
     bins = grid.to_bins(df)
     back = grid.from_bins(bins)
@@ -138,13 +145,13 @@ def test_reference_layout():
     vals = [227, 3.567, 3.567, 3.567, math.pi / 2, math.pi / 2, math.pi / 2,
             8, 0.125, 0.125, 0.125] + [-1] * 28
     df = pd.DataFrame([vals], columns=[str(i) for i in range(39)])
-    rows = codec.decode_frame(codec.from_reference_layout(df))
+    rows = decode_frame(layouts.to_table(df, layouts.Layout(layouts.REFERENCE, True, "C")))
     assert rows["valid_xtal"][0] and rows["natoms"][0] == 8 and rows["alpha"][0] == 90
 
 
 def _orbits(row) -> list[np.ndarray]:
     """Each site's orbit, sorted, as fractional coordinates in [0, 1)."""
-    dec = codec.decode_row(row, check_distances=False)
+    dec = decode_row(row, check_distances=False)
     return [np.array(sorted(map(tuple, np.round(s.orbit() % 1.0, 8) % 1.0))) for s in dec.sites]
 
 
@@ -155,24 +162,24 @@ def test_generator_form_is_the_same_crystal_written_one_way(sacada_rows):
     for db_id, _, row in sacada_rows[:40]:
         if not row["valid_xtal"] or row["n_sites"] > S.MAX_SITES:
             continue
-        xtal = codec.row_to_pyxtal(row)
+        xtal = row_to_pyxtal(row)
         mult = min(s.wp.multiplicity for s in xtal.atom_sites)
-        swaps = pd.DataFrame([codec.pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites))
+        swaps = pd.DataFrame([pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites))
                               for j in range(mult)])
-        gen = codec.to_generators(swaps)
+        gen = to_generators(swaps)
         for (_, a), (_, b) in zip(swaps.iterrows(), gen.iterrows()):
             assert all(np.allclose(p, q, atol=1e-7) for p, q in zip(_orbits(a), _orbits(b)))
         for k in range(row["n_sites"]):
-            ops = codec.generator_ops(row["spg"], row[f"wp{k}"])
+            ops = generator_ops(row["spg"], row[f"wp{k}"])
             xyz = gen[S.XYZ[k]].to_numpy(float)
-            G = codec.metric_tensor(codec.symmetrize_cell(gen[S.CELL].to_numpy(float)[0],
-                                                          codec.group_info(row["spg"])[0]))
-            moved = codec.project_many(ops, xyz, np.repeat(G[None], len(xyz), 0))[2]
+            G = metric_tensor(symmetrize_cell(gen[S.CELL].to_numpy(float)[0],
+                                                          group_info(row["spg"])[0]))
+            moved = project_many(ops, xyz, np.repeat(G[None], len(xyz), 0))[2]
             assert np.all(moved < 1e-6), (db_id, k)      # on the generator's own subspace
             if ops.dof < 3:
                 fixed = ~np.any(ops.A[0] != 0, axis=1)    # components the position fixes
                 assert np.allclose(xyz[:, fixed], xyz[0, fixed], atol=1e-7), (db_id, k)
-        np.testing.assert_allclose(codec.to_generators(gen)[S.XYZ_FLAT].to_numpy(float),
+        np.testing.assert_allclose(to_generators(gen)[S.XYZ_FLAT].to_numpy(float),
                                    gen[S.XYZ_FLAT].to_numpy(float), atol=1e-6)
         checked += mult > 1
     assert checked >= 10
@@ -180,13 +187,13 @@ def test_generator_form_is_the_same_crystal_written_one_way(sacada_rows):
 
 def test_snapping_onto_the_generator_reads_fixed_coordinates_from_the_group():
     """Diamond 8a with a site far off: invalid as given, 8 atoms once snapped."""
-    row = codec.pyxtal_to_row(codec.atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
+    row = pyxtal_to_row(atoms_to_pyxtal(bulk("C", "diamond", a=3.567, cubic=True)))
     far = pd.DataFrame([dict(row, x0=0.4, y0=0.1, z0=0.3)])
-    assert not codec.decode_frame(far)["valid_xtal"][0]
-    snapped = codec.decode_frame(codec.to_generators(far, snap=True))
+    assert not decode_frame(far)["valid_xtal"][0]
+    snapped = decode_frame(to_generators(far, snap=True))
     assert snapped["valid_xtal"][0] and snapped["natoms"][0] == 8
     np.testing.assert_allclose(snapped[S.XYZ[0]].to_numpy(float)[0], [row[c] for c in S.XYZ[0]],
                                atol=1e-12)
     # a garbage row passes through for the decoder to word
     bad = pd.DataFrame([dict(row, wp0=99)])
-    assert codec.to_generators(bad, snap=True)["x0"][0] == row["x0"]
+    assert to_generators(bad, snap=True)["x0"][0] == row["x0"]

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 from ase.build import bulk
-from legodask.descriptor import (SO3Params, SO3Torch, _monomials, _sph_monomial_table,
+from legodask.crystal.descriptor import (SO3Params, SO3Torch, _monomials, _sph_monomial_table,
                                  power_spectrum, radial_functions, real_sph)
-from legodask.environment import get_environment
+from legodask.crystal.environment import get_environment
 
 
 def _pyxtal_so3(rcut: float):

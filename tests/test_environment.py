@@ -8,8 +8,8 @@ from ase import Atoms
 from ase.build import bulk
 from ase.io import write
 
-from legodask import codec
-from legodask.environment import check_atoms, coordination, get_environment
+from legodask.crystal.convert import atoms_to_row
+from legodask.crystal.environment import check_atoms, coordination, get_environment
 
 
 def test_graphite_reference_is_sp2():
@@ -74,7 +74,7 @@ def test_environment_from_file_and_row(tmp_path):
     write(path, env.reference)
     from_file = get_environment(path)
     assert from_file.cn == {"C": 3} and from_file.name == "graphite"
-    row = codec.atoms_to_row(bulk("C", "diamond", a=3.567))
+    row = atoms_to_row(bulk("C", "diamond", a=3.567))
     assert get_environment(row).cn == {"C": 4}
     with pytest.raises(ValueError, match="unknown environment"):
         get_environment("no-such-prototype")

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from ase.db import connect
 
-from legodask import codec
-from legodask import fingerprint as F
+from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row, row_to_atoms
+from legodask.crystal import fingerprint as F
 from legodask import schema as S
 from legodask.energy.relax import atoms_to_text
 
@@ -24,18 +24,18 @@ def representations(xtal) -> list[dict]:
     rows = []
     for group_type in ("t", "k"):
         for sub in xtal.subgroup(eps=0, group_type=group_type, max_cell=4):
-            row = codec.pyxtal_to_row(sub)
+            row = pyxtal_to_row(sub)
             if not row["valid_xtal"]:
                 continue                       # more sites than the table holds
             last = [len(site.coords) - 1 for site in sub.atom_sites]
-            rows += [row, codec.pyxtal_to_row(sub, ids=last)]
+            rows += [row, pyxtal_to_row(sub, ids=last)]
     return rows
 
 
 @pytest.fixture(scope="module")
 def crystals(sacada_db) -> dict[int, object]:
     db = connect(sacada_db)
-    return {i: codec.atoms_to_pyxtal(db.get(id=i).toatoms()) for i in IDS}
+    return {i: atoms_to_pyxtal(db.get(id=i).toatoms()) for i in IDS}
 
 
 def test_every_subgroup_representation_has_the_parents_fingerprint(crystals):
@@ -94,17 +94,17 @@ def test_strained_copy_is_a_different_crystal(crystals):
 
 
 def test_relaxed_geometry_column_is_used_when_given(crystals):
-    row = codec.pyxtal_to_row(crystals[5], id="x")
-    relaxed = codec.row_to_atoms(codec.pyxtal_to_row(crystals[2]))
+    row = pyxtal_to_row(crystals[5], id="x")
+    relaxed = row_to_atoms(pyxtal_to_row(crystals[2]))
     df = pd.DataFrame([row, row])
     df["relaxed_ff"] = [atoms_to_text(relaxed), None]
     fp = F.fingerprint_frame(df, geometry="ff")
     assert fp[S.FINGERPRINT].tolist() == [F.fingerprint_atoms(relaxed).key,
-                                          F.fingerprint_atoms(codec.row_to_atoms(row)).key]
+                                          F.fingerprint_atoms(row_to_atoms(row)).key]
 
 
 def test_bad_rows_are_recorded_not_raised(crystals):
-    good = codec.pyxtal_to_row(crystals[2])
+    good = pyxtal_to_row(crystals[2])
     rows = [good, {**good, "spg": 231}, {**good, "wp0": 40}, {**good, "a": float("nan")},
             {**good, "valid_env": False}]
     df = S.conform(pd.DataFrame(rows))

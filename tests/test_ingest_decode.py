@@ -15,11 +15,15 @@ import pytest
 from ase.build import bulk
 from ase.io import write
 
-from legodask import codec, decode
 from legodask import schema as S
-from legodask.sources import sacada
-from legodask.stages import ingest as ingest_stage
 from legodask.cli import main
+from legodask.crystal.cell import metric_tensor, symmetrize_cell
+from legodask.crystal.decode import OVERLAP
+from legodask.crystal.frame import decode_frame, decode_frame_rowwise
+from legodask.crystal.wyckoff import group_info, project, project_many, wyckoff_ops
+from legodask.sources import sacada
+from legodask.stages import decode
+from legodask.stages import ingest as ingest_stage
 from legodask.store import Run
 
 EXCLUDED = {1, 32, 47, 48, 49, 50, 51, 52, 130, 144}
@@ -121,8 +125,8 @@ def _decoded_alike(df: pd.DataFrame, **kw) -> pd.DataFrame:
     """The vectorised decoder's frame, asserted equal to the row-wise one's in every
     structure column; other columns pass through as they came (the row-wise path
     re-infers their types from Python objects)."""
-    fast = codec.decode_frame(df, **kw)
-    ref = codec.decode_frame_rowwise(df, **kw)
+    fast = decode_frame(df, **kw)
+    ref = decode_frame_rowwise(df, **kw)
     pd.testing.assert_frame_equal(fast[S.COLUMNS], ref[S.COLUMNS], check_exact=True)
     extra = [c for c in df.columns if c not in S.COLUMNS]
     assert list(fast.columns) == list(ref.columns)
@@ -140,7 +144,7 @@ def test_vectorised_decode_equals_row_wise(ingested):
     far = _decoded_alike(noisy(train, 1000, seed=1, xyz_sd=0.03))
     reasons = far["error"].dropna()
     assert reasons.str.contains("from Wyckoff position").any()
-    assert reasons.str.contains(codec.OVERLAP).any()
+    assert reasons.str.contains(OVERLAP).any()
     assert 0.1 < far["valid_xtal"].mean() < 0.9
     few = _decoded_alike(train, max_atoms=40)
     assert few["error"].str.contains("more than 40 atoms").any()
@@ -175,13 +179,13 @@ def test_projection_does_not_depend_on_the_batch():
     """A point projected alone or among others gives the same bits."""
     rng = np.random.default_rng(0)
     for spg, index in [(227, 1), (194, 3), (166, 2), (12, 1)]:
-        ops = codec.wyckoff_ops(spg, index)
+        ops = wyckoff_ops(spg, index)
         xyz = rng.uniform(-0.2, 1.2, (50, 3))
-        G = codec.metric_tensor(rng.uniform([3, 3, 3, 80, 80, 80], [9, 9, 9, 100, 100, 100],
+        G = metric_tensor(rng.uniform([3, 3, 3, 80, 80, 80], [9, 9, 9, 100, 100, 100],
                                             (50, 6)))
-        point, free, moved = codec.project_many(ops, xyz, G)
+        point, free, moved = project_many(ops, xyz, G)
         for i in (0, 17, 49):
-            p1, f1, m1 = codec.project(ops, xyz[i], G[i])
+            p1, f1, m1 = project(ops, xyz[i], G[i])
             assert np.array_equal(p1, point[i]) and np.array_equal(f1, free[i])
             assert m1 == moved[i]
 
@@ -192,12 +196,12 @@ def test_projection_is_the_nearest_point_of_the_position():
     rng = np.random.default_rng(1)
     shifts = np.array(np.meshgrid(*[np.arange(-1, 2)] * 3, indexing="ij")).reshape(3, -1).T
     for spg, index in [(227, 3), (194, 2), (166, 4), (12, 2), (139, 6)]:
-        ops = codec.wyckoff_ops(spg, index)
-        lattice = codec.group_info(spg)[0]
-        cell = codec.symmetrize_cell(np.array([5.0, 5.5, 7.0, 90.0, 100.0, 90.0]), lattice)
-        G = codec.metric_tensor(cell)
+        ops = wyckoff_ops(spg, index)
+        lattice = group_info(spg)[0]
+        cell = symmetrize_cell(np.array([5.0, 5.5, 7.0, 90.0, 100.0, 90.0]), lattice)
+        G = metric_tensor(cell)
         xyz = rng.uniform(0, 1, (20, 3))
-        point, free, moved = codec.project_many(ops, xyz, np.broadcast_to(G, (20, 3, 3)))
+        point, free, moved = project_many(ops, xyz, np.broadcast_to(G, (20, 3, 3)))
 
         def dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             """Shortest periodic distance (Å) from each a to each b: (len(a), len(b))."""

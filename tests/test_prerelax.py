@@ -14,10 +14,11 @@ import torch
 from pyxtal import pyxtal
 from pyxtal.symmetry import Group
 
-from legodask import codec
+from legodask.crystal.convert import atoms_to_row, canonical, pyxtal_to_row, row_to_atoms
+from legodask.crystal.decode import decode_row, decoded_columns
 from legodask import schema as S
-from legodask.descriptor import SO3Params
-from legodask.environment import get_environment
+from legodask.crystal.descriptor import SO3Params
+from legodask.crystal.environment import get_environment
 from legodask.prerelax import Options, prerelax_frame, prerelax_row
 from legodask.prerelax.batch import batch_loss, loss_and_grad, make_batch, neighbours
 from legodask.prerelax.problem import build_problem, relaxed_row
@@ -44,7 +45,7 @@ def graphite():
 def _graphite_row(**cell) -> dict:
     x = pyxtal()
     x.from_spg_wps_rep(194, ["2c", "2b"], [2.46, 6.70], ["C", "C"])
-    return {**codec.pyxtal_to_row(x), **cell}
+    return {**pyxtal_to_row(x), **cell}
 
 
 def _r3m_diamond_row() -> dict:
@@ -54,7 +55,7 @@ def _r3m_diamond_row() -> dict:
            "alpha": 90.0, "beta": 90.0, "gamma": 120.0,
            "wp0": Group(166).get_wyckoff_position("6c").index, "el0": "C",
            "x0": 0.0, "y0": 0.0, "z0": 0.125}
-    return codec.canonical({**row, **codec._decoded_columns(codec.decode_row(row))})
+    return canonical({**row, **decoded_columns(decode_row(row))})
 
 
 def test_graphite_reference_has_zero_loss_and_is_a_fixed_point(graphite):
@@ -88,7 +89,7 @@ def test_the_rdf_descriptor_keeps_graphite_fixed_and_brings_a_strained_one_back(
 def test_diamond_cannot_become_sp2_but_its_r3m_subgroup_can(graphite):
     x = pyxtal()
     x.from_prototype("diamond")
-    cubic = prerelax_row(codec.pyxtal_to_row(x), graphite)
+    cubic = prerelax_row(pyxtal_to_row(x), graphite)
     assert not cubic["valid_env"] and "CN 4" in cubic["env_error"]
     assert cubic["loss"] > 1.0
     # paper Fig. S3: R-3m (6c, z = 0.125) relaxes to graphite-like layers
@@ -104,7 +105,7 @@ def test_quartz_relaxes_to_the_cristobalite_environment():
     env = get_environment("cristobalite")
     q = pyxtal()
     q.from_prototype("a-quartz")
-    row = codec.pyxtal_to_row(q)
+    row = pyxtal_to_row(q)
     p = build_problem(row)
     start = float(batch_loss(make_batch([p], [p.x0], env, SO3Params(rcut=2.4)),
                              torch.as_tensor(p.x0))[0])
@@ -117,7 +118,7 @@ def test_gradient_matches_finite_differences(graphite):
     """Monoclinic (cell angle free) with general and special positions."""
     x = pyxtal()
     x.from_random(3, 12, ["C"], [12], random_state=3, factor=0.6)
-    p = build_problem(codec.pyxtal_to_row(x))
+    p = build_problem(pyxtal_to_row(x))
     assert 1 in p.kind and (p.kind == 2).sum() >= 2
     b = make_batch([p], [p.x0], graphite, SO3Params(rcut=graphite.rcut))
     x0 = torch.as_tensor(p.x0)
@@ -149,7 +150,7 @@ def small_training_rows(sacada_db):
     from ase.db import connect
 
     with connect(sacada_db) as db:
-        rows = [codec.atoms_to_row(r.toatoms()) for r in db.select("natoms<=12")]
+        rows = [atoms_to_row(r.toatoms()) for r in db.select("natoms<=12")]
     return [r for r in rows if r["valid_xtal"]][:6]
 
 
@@ -179,7 +180,7 @@ def crowded_p6222(sacada_db):
     from ase.db import connect
 
     with connect(sacada_db) as db:
-        rows = [codec.atoms_to_row(r.toatoms()) for r in db.select(natoms=6)]
+        rows = [atoms_to_row(r.toatoms()) for r in db.select(natoms=6)]
     [row] = [r for r in rows if r["spg"] == 180 and r["wp0"] == 5]
     start = {**row, "a": row["a"] * 0.9909, "b": row["b"] * 0.9909, "c": row["c"] * 1.005,
              "z0": row["z0"] + 0.0648}
@@ -200,8 +201,8 @@ def test_a_structure_that_settles_with_the_wrong_neighbours_is_rescued(graphite,
     [res] = relax_rows([start], [p], graphite, Options(), mode)
     assert res.valid and res.reason is None and res.loss < 1e-5
     assert res.iterations > plain.iterations and res.seconds > 0
-    out = codec.row_to_atoms({**start, **relaxed_row(p, res.x)})
-    ref = codec.row_to_atoms(known)
+    out = row_to_atoms({**start, **relaxed_row(p, res.x)})
+    ref = row_to_atoms(known)
     assert out.get_volume() == pytest.approx(ref.get_volume(), rel=0.02)
     match = StructureMatcher(ltol=0.05, stol=0.3, angle_tol=3, scale=False).get_rms_dist(
         *(AseAtomsAdaptor.get_structure(a) for a in (ref, out)))
@@ -220,7 +221,7 @@ def test_a_dilute_start_is_restarted_at_the_reference_density(graphite, mode):
     assert not plain.valid
     [res] = relax_rows([start], [p], graphite, Options(hops=0), mode)
     assert res.valid and res.loss < 1e-5
-    out = codec.row_to_atoms({**start, **relaxed_row(p, res.x)})
+    out = row_to_atoms({**start, **relaxed_row(p, res.x)})
     assert out.get_volume() / len(out) == pytest.approx(
         graphite.reference.get_volume() / len(graphite.reference), rel=0.05)
 

@@ -11,7 +11,9 @@ import pandas as pd
 import pytest
 from ase.db import connect
 
-from legodask import codec, prerelax
+from legodask import prerelax
+from legodask.crystal.convert import atoms_to_row
+from legodask.crystal.frame import decode_frame
 from legodask.cli import build_parser
 from legodask.store import Run
 
@@ -27,10 +29,10 @@ def build_quickstart(path: Path, db_path: Path, n: int = 6, relax: int = 3) -> R
     """A small stand-in for the quick start's run: ``n`` small training crystals as
     samples, the first ``relax`` of them pre-relaxed towards graphite."""
     db = connect(db_path)
-    rows = [codec.atoms_to_row(r.toatoms(), id=f"sacada-{r.id}", source="readme")
+    rows = [atoms_to_row(r.toatoms(), id=f"sacada-{r.id}", source="readme")
             for r in db.select("natoms<=12")][:n]
     run = Run(path)
-    samples = codec.decode_frame(pd.DataFrame(rows))
+    samples = decode_frame(pd.DataFrame(rows))
     run.write_frame_table("samples", samples)
     run.write_frame_table("prerelaxed",
                           prerelax.prerelax_frame(samples, "graphite", device="cpu", limit=relax))

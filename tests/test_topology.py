@@ -102,9 +102,9 @@ def test_orbits_are_trusted_unless_they_mix_degrees() -> None:
 
 
 def test_topology_frame_reads_rows_and_keeps_failures() -> None:
-    from legodask import codec
+    from legodask.crystal.convert import atoms_to_row
 
-    rows = [codec.atoms_to_row(bulk("C", "diamond", a=3.567)), codec.atoms_to_row(GRAPHITE),
+    rows = [atoms_to_row(bulk("C", "diamond", a=3.567)), atoms_to_row(GRAPHITE),
             {"spg": 999, "a": 1.0}]
     out = topology_frame(pd.DataFrame(rows))
     assert out["dimension"].tolist() == [3, 2, -1]

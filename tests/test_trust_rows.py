@@ -20,10 +20,13 @@ from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import write
 
-from legodask import codec, decode
 from legodask import schema as S
+from legodask.crystal.decode import OVERLAP
+from legodask.crystal.frame import decode_frame, decode_frame_rowwise
+from legodask.crystal.wyckoff import group_info, wyckoff_ops
 from legodask.sources import ingest as ingest_kernel
 from legodask.sources import layouts, readers
+from legodask.stages import decode
 from legodask.stages import ingest as ingest_stage
 from legodask.store import LOCK, Run, TableBusy
 
@@ -36,7 +39,7 @@ def synchronous():
 
 def _nacl() -> dict:
     """Rock salt as a table row: Na on 4a, Cl on 4b of Fm-3m (4 + 4 atoms)."""
-    n_wp = codec.group_info(225)[1]
+    n_wp = group_info(225)[1]
     return dict(spg=225, a=5.64, b=5.64, c=5.64, alpha=90.0, beta=90.0, gamma=90.0,
                 wp0=n_wp - 1, el0="Na", x0=0.0, y0=0.0, z0=0.0,
                 wp1=n_wp - 2, el1="Cl", x1=0.5, y1=0.5, z1=0.5)
@@ -60,7 +63,7 @@ ATTACKS = [
 ]
 
 
-@pytest.mark.parametrize("decoder", [codec.decode_frame, codec.decode_frame_rowwise])
+@pytest.mark.parametrize("decoder", [decode_frame, decode_frame_rowwise])
 def test_wrapped_and_failed_integers_make_the_row_invalid_with_column_and_value(decoder):
     rows = pd.DataFrame([_nacl(), *[{**_nacl(), **bad} for bad, _ in ATTACKS]])
     out = decoder(rows)
@@ -94,7 +97,7 @@ def test_ingest_applies_decodes_checks_and_names_what_is_wrong(tmp_path):
     ingest_stage.ingest(run, folder)
     df = pd.read_parquet(run.table_path("ingested")).set_index("id")
     assert not df.loc["close", "valid_xtal"] and not df.loc["close", "train"]
-    assert codec.OVERLAP in df.loc["close", "error"]
+    assert OVERLAP in df.loc["close", "error"]
     assert df.loc["nacl", "valid_xtal"] and not df.loc["nacl", "train"]
     assert "Na" in df.loc["nacl", "filter_reason"] and "--train-elements" in df.loc["nacl", "filter_reason"]
     assert df.loc["diamond", "train"]
@@ -112,7 +115,7 @@ def test_a_molecule_without_cell_is_named_as_such(tmp_path):
 
 def test_a_row_without_element_says_pass_element():
     row = _diamond(el0=None)
-    for decoder in (codec.decode_frame, codec.decode_frame_rowwise):
+    for decoder in (decode_frame, decode_frame_rowwise):
         out = decoder(pd.DataFrame([row]))
         assert not out["valid_xtal"][0] and "--element" in out["error"][0]
 
@@ -193,7 +196,7 @@ def _reference_rows() -> pd.DataFrame:
     """Diamond and graphite as LEGO-xtal writes them: angles in radians, no elements."""
     diamond = [227, 3.567, 3.567, 3.567, math.pi / 2, math.pi / 2, math.pi / 2,
                8, 0.125, 0.125, 0.125] + [-1] * 28
-    letters = [codec.wyckoff_ops(194, i).letter for i in range(codec.group_info(194)[1])]
+    letters = [wyckoff_ops(194, i).letter for i in range(group_info(194)[1])]
     graphite = [194, 2.46, 2.46, 6.7, math.pi / 2, math.pi / 2, 2 * math.pi / 3,
                 letters.index("b"), 0, 0, 0.25, letters.index("c"), 1 / 3, 2 / 3, 0.25
                 ] + [-1] * 24

@@ -15,8 +15,11 @@ import numpy as np
 import pandas as pd
 from ase.geometry import cellpar_to_cell
 
-from .. import codec
 from .. import schema as S
+from ..crystal.cell import metric_tensor
+from ..crystal.convert import decoded_to_pyxtal, pyxtal_to_row
+from ..crystal.decode import DecodeError, Decoded, Site, decode_row
+from ..crystal.wyckoff import project, wyckoff_ops
 from .params import Params
 from .timeout import AugmentTimeout
 
@@ -26,12 +29,12 @@ def symmetry_key(df: pd.DataFrame) -> pd.Series:
     Wyckoff labels of its sites, e.g. ``"227 8a"`` or ``"216 4a 4d"``."""
     wp = np.sort(df.reindex(columns=S.WP, fill_value=-1).to_numpy(dtype=float), axis=1)
     wp = np.where(np.isnan(wp), -1, wp).astype(int)
-    spg = df["spg"].to_numpy(dtype=int)
+    spg = df[S.SPG].to_numpy(dtype=int)
     combos, inverse = np.unique(np.column_stack([spg, wp]), axis=0, return_inverse=True)
     names = []
     for spg_k, *sites in combos:
-        labels = sorted(f"{codec.wyckoff_ops(int(spg_k), int(w)).multiplicity}"
-                        f"{codec.wyckoff_ops(int(spg_k), int(w)).letter}"
+        labels = sorted(f"{wyckoff_ops(int(spg_k), int(w)).multiplicity}"
+                        f"{wyckoff_ops(int(spg_k), int(w)).letter}"
                         for w in sites if w >= 0)
         names.append(" ".join([str(spg_k), *labels]))
     return pd.Series(np.array(names, dtype=object)[inverse.ravel()], index=df.index,
@@ -42,17 +45,17 @@ def symmetry_key(df: pd.DataFrame) -> pd.Series:
 class Rep:
     """An accepted representation of a structure: decoded form and subgroup path."""
 
-    dec: codec.Decoded
+    dec: Decoded
     path: str
     xtal: Any = None          # the pyxtal crystal, built on demand
 
     def pyxtal(self) -> Any:
         if self.xtal is None:
-            self.xtal = codec.decoded_to_pyxtal(self.dec)
+            self.xtal = decoded_to_pyxtal(self.dec)
         return self.xtal
 
 
-def limit_reason(dec: codec.Decoded, p: Params) -> str | None:
+def limit_reason(dec: Decoded, p: Params) -> str | None:
     """Why a representation is outside the table's limits, or ``None``."""
     lengths, angles = dec.cell[:3], dec.cell[3:]
     if dec.natoms > p.max_atoms:
@@ -68,30 +71,30 @@ def limit_reason(dec: codec.Decoded, p: Params) -> str | None:
     return None
 
 
-def distort(dec: codec.Decoded, eps: float, rng: np.random.Generator) -> codec.Decoded:
+def distort(dec: Decoded, eps: float, rng: np.random.Generator) -> Decoded:
     """Move each site by a random vector of at most ``eps`` Å within its Wyckoff
     position (symmetry kept exactly; special positions without freedom stay)."""
-    G = codec.metric_tensor(dec.cell)
+    G = metric_tensor(dec.cell)
     inv = np.linalg.inv(cellpar_to_cell(dec.cell))
     sites = []
     for s in dec.sites:
         v = rng.normal(size=3)
         v *= eps * rng.random() / max(np.linalg.norm(v), 1e-12)
-        point, free, _ = codec.project(s.wp, s.point + v @ inv, G)
-        sites.append(codec.Site(s.wp, s.element, point, free, 0.0))
-    return codec.Decoded(dec.spg, dec.cell.copy(), sites)
+        point, free, _ = project(s.wp, s.point + v @ inv, G)
+        sites.append(Site(s.wp, s.element, point, free, 0.0))
+    return Decoded(dec.spg, dec.cell.copy(), sites)
 
 
-def same_symmetry(a: codec.Decoded, b: codec.Decoded) -> bool:
+def same_symmetry(a: Decoded, b: Decoded) -> bool:
     """Whether two representations repeat each other: same space group, same sorted
     Wyckoff positions and the same cell within 0.05 Å and 0.5°."""
-    def key(d: codec.Decoded) -> tuple[int, list[int]]:
+    def key(d: Decoded) -> tuple[int, list[int]]:
         return d.spg, sorted(s.wp.index for s in d.sites)
     return bool(key(a) == key(b) and np.all(np.abs(a.cell[:3] - b.cell[:3]) < 0.05)
                 and np.all(np.abs(a.cell[3:] - b.cell[3:]) < 0.5))
 
 
-def orbit_choices(dec: codec.Decoded, n_max: int, rng: np.random.Generator
+def orbit_choices(dec: Decoded, n_max: int, rng: np.random.Generator
                   ) -> Iterator[tuple[int, ...]]:
     """Which orbit atom writes each site, for up to ``n_max`` distinct rows.
 
@@ -113,25 +116,25 @@ def orbit_choices(dec: codec.Decoded, n_max: int, rng: np.random.Generator
             yield tuple(int(i) for i in np.unravel_index(int(flat), sizes))
 
 
-def make_checker(p: Params) -> Callable[[codec.Decoded], str | None]:
+def make_checker(p: Params) -> Callable[[Decoded], str | None]:
     """The environment test of a representation: ``None`` when it keeps the target
     environment, else the reason.  ``prerelax`` pre-relaxes it (the reference
     code's test), ``env`` checks the crystal as it is, ``none`` accepts all."""
     if p.check == "none":
         return lambda dec: None
-    from .. import environment
+    from ..crystal import environment
 
     env = environment.get_environment(p.environment)
     if p.check == "env":
-        def check_env(dec: codec.Decoded) -> str | None:
+        def check_env(dec: Decoded) -> str | None:
             ok, reason = environment.check_atoms(dec.to_atoms(), env)
             return None if ok else reason
         return check_env
     if p.check == "prerelax":
         from .. import prerelax
 
-        def check_prerelax(dec: codec.Decoded) -> str | None:
-            row = codec.pyxtal_to_row(codec.decoded_to_pyxtal(dec))
+        def check_prerelax(dec: Decoded) -> str | None:
+            row = pyxtal_to_row(decoded_to_pyxtal(dec))
             out = prerelax.prerelax_row(row, env)
             return None if out.get("valid_env") else str(out.get("env_error") or "invalid")
         return check_prerelax
@@ -158,8 +161,8 @@ def _subgroup(base: Rep, gtype: str, p: Params, rng: np.random.Generator
     return sub, f"{base.path}>{mid.group.number}>{sub.group.number}"
 
 
-def representations(parent: codec.Decoded, p: Params, search: np.random.Generator,
-                    noise: np.random.Generator, check: Callable[[codec.Decoded], str | None],
+def representations(parent: Decoded, p: Params, search: np.random.Generator,
+                    noise: np.random.Generator, check: Callable[[Decoded], str | None],
                     emit: Callable[[Rep, int], int]) -> list[str]:
     """Emit the parent's representation (up to ``max_per_parent`` rows), then each
     accepted subgroup representation (up to ``max_per_subgroup``), until the
@@ -170,7 +173,7 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
     first = Rep(distort(parent, p.eps, noise), str(parent.spg))
     reason = limit_reason(parent, p) or check(first.dec)
     if reason:
-        raise codec.DecodeError(f"parent rejected: {reason}")
+        raise DecodeError(f"parent rejected: {reason}")
     kept = [first]
     n_rows = emit(first, min(p.max_per_parent, p.max_per_structure))
     for gtype in ("t", "k"):
@@ -190,9 +193,9 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
                 continue
             sub, path = found
             try:
-                dec = codec.decode_row(codec.pyxtal_to_row(sub), tol=1e-3,
+                dec = decode_row(pyxtal_to_row(sub), tol=1e-3,
                                        max_atoms=10 * p.max_atoms)
-            except codec.DecodeError:
+            except DecodeError:
                 continue   # pyxtal handed over a site it misplaced
             if limit_reason(dec, p):
                 continue
@@ -206,7 +209,7 @@ def representations(parent: codec.Decoded, p: Params, search: np.random.Generato
     return errors
 
 
-def orbit(site: codec.Site) -> np.ndarray:
+def orbit(site: Site) -> np.ndarray:
     """Fractional coordinates of every atom of a site's orbit, in [0, 1), in the
     order of its Wyckoff operations.  Written out element by element (the
     operations' matrices hold 0 and +-1) so that the values do not depend on how

@@ -25,7 +25,7 @@ from math import gcd
 import numpy as np
 from ase import Atoms
 
-from ..environment import BOND_FACTOR, covalent_radius
+from .environment import BOND_FACTOR, covalent_radius
 
 
 @dataclass(frozen=True)

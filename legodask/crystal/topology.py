@@ -47,7 +47,7 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
-from ..environment import BOND_FACTOR
+from .environment import BOND_FACTOR
 from .quotient import (QuotientGraph, bond_graph, components, coordination_sequences,
                        from_genome, periodicity)
 
@@ -178,12 +178,12 @@ def row_structure(row: Mapping[str, Any], geometry: str | None = None
                   ) -> tuple[Atoms, np.ndarray | None]:
     """Atoms of a row and their orbit labels: the ``relaxed_<geometry>`` column
     when given and filled (no orbits), else the decoded Wyckoff sites."""
-    from .. import codec
-    from ..fingerprint import filled, row_atoms
+    from .decode import decode_row
+    from .fingerprint import filled, row_atoms
 
     if geometry and filled(row.get(f"relaxed_{geometry}")):
         return row_atoms(row, geometry), None
-    dec = codec.decode_row(row, check_distances=False)
+    dec = decode_row(row, check_distances=False)
     sizes = [s.wp.multiplicity for s in dec.sites]
     return dec.to_atoms(), np.repeat(np.arange(len(sizes)), sizes)
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ..descriptor import SO3Params, SO3Torch, pair_weights
-from ..environment import Environment
+from ..crystal.descriptor import SO3Params, SO3Torch, pair_weights
+from ..crystal.environment import Environment
 from .problem import Problem, bounds, targets
 
 SKIN = 0.5                 # Å of neighbour-list skin

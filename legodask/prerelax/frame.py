@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import codec
+from ..crystal.decode import DecodeError
 from .. import schema as S
-from ..environment import Environment, get_environment
+from ..crystal.environment import Environment, get_environment
 from .options import Options
 from .problem import Outcome, Problem, build_problem, relaxed_row
 from .rescue import relax_rows
@@ -49,7 +49,7 @@ def prerelax_row(row: Mapping[str, Any], env: Environment | str = "graphite",
     options = replace(Options(), **opts)
     try:
         p = build_problem(row)
-    except codec.DecodeError as exc:
+    except DecodeError as exc:
         return _failed_row(row, f"not a valid crystal: {exc}")
     [out] = relax_rows([row], [p], env, options)
     return _finished_row(row, p, out)

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..descriptor import SO3Params
-from ..environment import Environment
+from ..crystal.descriptor import SO3Params
+from ..crystal.environment import Environment
 from .batch import Batch, make_batch
 from .problem import Outcome, Problem
 

@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import codec
+from ..crystal.cell import metric_tensor, symmetrize_cell
+from ..crystal.decode import Decoded, decode_row
+from ..crystal.wyckoff import group_info
 from .. import schema as S
-from ..descriptor import SO3Params, power_spectrum
-from ..environment import Environment
+from ..crystal.descriptor import SO3Params, power_spectrum
+from ..crystal.environment import Environment
 
 LENGTHS = (1.5, 50.0)
 ANGLES = (30.0, 150.0)
@@ -29,7 +31,7 @@ ANGLE_UNIT = 10.0          # degrees per scaled unit
 
 
 # For each lattice type, which free cell variable sets each of (a, b, c, al, be, ga);
-# -1: fixed by the lattice type (the constant is codec.symmetrize_cell's).
+# -1: fixed by the lattice type (the constant is symmetrize_cell's).
 _CELL_VARS = {
     "cubic": (0, 0, 0, -1, -1, -1),
     "tetragonal": (0, 0, 1, -1, -1, -1),
@@ -45,7 +47,7 @@ _CELL_VARS = {
 class Problem:
     """A decoded crystal and the map from its free variables to its atoms."""
 
-    dec: codec.Decoded
+    dec: Decoded
     x0: np.ndarray            # free variables: cell ones, then site coordinates
     kind: np.ndarray          # 0 length (Å), 1 angle (°), 2 fractional coordinate
     unit: np.ndarray          # the variable's size of about 1 Å
@@ -88,10 +90,10 @@ def _pivots(A0: np.ndarray, dof: int) -> list[int]:
     return piv
 
 
-def build_problem(row: Mapping[str, Any] | codec.Decoded) -> Problem:
+def build_problem(row: Mapping[str, Any] | Decoded) -> Problem:
     """The free-variable model of a row (raises ``DecodeError`` for an invalid row)."""
-    dec = row if isinstance(row, codec.Decoded) else codec.decode_row(row, check_distances=False)
-    lattice_type, _ = codec.group_info(dec.spg)
+    dec = row if isinstance(row, Decoded) else decode_row(row, check_distances=False)
+    lattice_type, _ = group_info(dec.spg)
     cvar = np.array(_CELL_VARS[lattice_type])
     n_cell = cvar.max() + 1
     x0, kind, unit = [], [], []
@@ -153,7 +155,7 @@ def relaxed_row(p: Problem, x: np.ndarray) -> dict[str, Any]:
 
 def volume_per_atom(p: Problem, x: np.ndarray) -> float:
     """Cell volume per atom (Å³) of ``p`` at free variables ``x``."""
-    det = float(np.linalg.det(codec.metric_tensor(p.cell(x))))
+    det = float(np.linalg.det(metric_tensor(p.cell(x))))
     return math.sqrt(max(det, 0.0)) / p.natoms
 
 

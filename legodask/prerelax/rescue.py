@@ -10,9 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import codec
-from ..descriptor import SO3Params
-from ..environment import Environment, check_atoms
+from ..crystal.convert import row_to_atoms
+from ..crystal.decode import DecodeError
+from ..crystal.descriptor import SO3Params
+from ..crystal.environment import Environment, check_atoms
 from .options import Options
 from .problem import Outcome, Problem, at_density, bounds, relaxed_row, volume_per_atom
 from .runner import relax_batched
@@ -23,8 +24,8 @@ def check(row: Mapping[str, Any], p: Problem, out: Outcome, env: Environment) ->
     """``out`` with ``valid`` and ``reason`` set: the environment check of the
     relaxed crystal as decoded from the row that would be written."""
     try:
-        ok, reason = check_atoms(codec.row_to_atoms({**row, **relaxed_row(p, out.x)}), env)
-    except codec.DecodeError as exc:
+        ok, reason = check_atoms(row_to_atoms({**row, **relaxed_row(p, out.x)}), env)
+    except DecodeError as exc:
         ok, reason = False, f"relaxed crystal is invalid: {exc}"
     if out.error:
         ok, reason = False, out.error if ok else f"{out.error}; {reason}"

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..descriptor import SO3Params
-from ..environment import Environment
+from ..crystal.descriptor import SO3Params
+from ..crystal.environment import Environment
 from .batch import Batch
 from .inflight import BatchRun, InFlight, rebuild_due
 from .lbfgs import lbfgs_converged, lbfgs_init, lbfgs_step

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from ..descriptor import SO3Params
-from ..environment import Environment
+from ..crystal.descriptor import SO3Params
+from ..crystal.environment import Environment
 from .batch import loss_and_grad, make_batch
 from .options import Options
 from .problem import Outcome, Problem, bounds

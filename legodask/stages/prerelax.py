@@ -11,7 +11,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from .. import schema as S
-from ..environment import Environment, get_environment
+from ..crystal.environment import Environment, get_environment
 from ..prerelax.frame import EXTRA_DTYPES, prerelax_frame
 from ..prerelax.options import Options
 

@@ -1,7 +1,7 @@
 """``legodask decode``: raw rows (generated, or from a file) -> decoded rows.
 
-The per-partition kernel is ``codec.decode_frame``; this module only maps it over
-a table of the run, or over an external Parquet/CSV file in the table's layout or
+The per-partition kernel is ``crystal.frame.decode_frame``; this module only maps it
+over a table of the run, or over an external Parquet/CSV file in the table's layout or
 the reference implementation's (``legodask.sources.layouts``), and writes the result.
 Every row gets an id: its own, else ``<input name>-<row number>``.
 """
@@ -17,10 +17,10 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
-from . import codec
-from .sources import layouts
-from . import schema as S
-from .store import Run, StageResult
+from .. import schema as S
+from ..crystal.frame import decode_frame
+from ..sources import layouts
+from ..store import Run, StageResult
 
 log = logging.getLogger("legodask")
 
@@ -49,15 +49,15 @@ def decode_part(df: pd.DataFrame, layout: layouts.Layout | None, name: str, offs
     decoded."""
     if layout is not None:
         df = layouts.to_table(df, layout)
-    return codec.decode_frame(layouts.with_ids(df, name, offset), tol=tol,
+    return decode_frame(layouts.with_ids(df, name, offset), tol=tol,
                               min_distance=min_distance, default_element=element)
 
 
-def decode(run: Run, source: str, output: str = "decoded", tol: float = 0.5,
+def decode(run: Run, source: str, output: str = S.DECODED, tol: float = 0.5,
            min_distance: float = 0.6, element: str | None = None,
            layout: str = layouts.AUTO, overwrite: bool = False) -> StageResult:
     """Decode every row of ``source`` into ``RUN/<output>.parquet``."""
-    from .cluster import compute
+    from ..cluster import compute
 
     ddf, lay = read_input(run, source, layout, element)
     if lay is not None:
@@ -79,7 +79,7 @@ def decode(run: Run, source: str, output: str = "decoded", tol: float = 0.5,
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--input", required=True, help="a table of the run, or a Parquet/CSV path")
-    p.add_argument("--output", default="decoded", help="output table name")
+    p.add_argument("--output", default=S.DECODED, help="output table name")
     p.add_argument("--tol", type=float, default=0.5,
                    help="how far (Å) a site may lie from its Wyckoff position")
     p.add_argument("--min-distance", type=float, default=0.6,

@@ -36,8 +36,8 @@ import pandas as pd
 from ase import Atoms
 from ase.data import covalent_radii
 
-from . import codec
-from . import schema as S
+from .. import schema as S
+from .convert import row_to_atoms
 
 SYMPREC = 0.05          # spglib tolerance (Å): relaxed geometries carry small noise
 K_NEIGHBOURS = 12       # neighbour distances per orbit in the environment multiset
@@ -206,10 +206,10 @@ def row_atoms(row: Mapping[str, Any], geometry: str | None = None) -> Atoms:
     """The crystal of a row: its ``relaxed_<geometry>`` column (the rank stage's
     extended-XYZ text) when given and filled, else the row's own tabular form."""
     if geometry and filled(row.get(f"relaxed_{geometry}")):
-        from .energy.relax import text_to_atoms
+        from ..energy.relax import text_to_atoms
 
         return text_to_atoms(row[f"relaxed_{geometry}"])
-    return codec.row_to_atoms(row, check_distances=False)
+    return row_to_atoms(row, check_distances=False)
 
 
 def fingerprint_frame(df: pd.DataFrame, geometry: str | None = None,

@@ -160,7 +160,7 @@ def _prototype(name: str) -> Atoms:
     return xtal.to_ase(resort=False)
 
 
-def graphite() -> Environment:
+def graphite_environment() -> Environment:
     """sp2 carbon: graphite (P6_3/mmc, 2c + 2b, a = 2.46, c = 6.70 Å), every carbon
     with 3 neighbours at 1.42 Å.  Windows: bonds 1.25-1.75 Å, angles >= 55° (the
     training set has 3-rings at 60°) and the three angles summing to 360 +- 30°,
@@ -174,15 +174,16 @@ def graphite() -> Environment:
                        rcut=2.1)
 
 
-def cristobalite() -> Environment:
+def cristobalite_environment() -> Environment:
     """SiO2 with alpha-cristobalite's environment: Si with 4 O, O with 2 Si, no O-O
     and no Si-Si bonds (paper Supplement S3-E; descriptor cutoff 2.4 Å)."""
     return Environment("cristobalite", {"Si": 4, "O": 2}, _prototype("a-cristobalite"),
                        forbidden=(("O", "O"), ("Si", "Si")), rcut=2.4)
 
 
-PROTOTYPES = {"graphite": graphite, "sp2": graphite,
-              "cristobalite": cristobalite, "a-cristobalite": cristobalite}
+PROTOTYPES = {"graphite": graphite_environment, "sp2": graphite_environment,
+              "cristobalite": cristobalite_environment,
+              "a-cristobalite": cristobalite_environment}
 
 
 def from_atoms(atoms: Atoms, name: str = "custom", rcut: float = 2.1,
@@ -205,7 +206,7 @@ def get_environment(spec: str | os.PathLike | Mapping[str, Any] | Atoms | Enviro
     if isinstance(spec, Atoms):
         return from_atoms(spec)
     if isinstance(spec, Mapping):
-        from .codec import row_to_atoms
+        from .convert import row_to_atoms
 
         return from_atoms(row_to_atoms(spec), name=str(spec.get("id") or "row"))
     key = str(spec).lower()
