@@ -61,23 +61,24 @@ def training_rows(n_structures: int, reps: int) -> pd.DataFrame:
     orbit-representative rows each."""
     from ase.db import connect
 
-    from legodask import codec
+    from legodask.crystal.convert import atoms_to_row, pyxtal_to_row, row_to_pyxtal
+    from legodask.crystal.frame import decode_frame
     from legodask import schema as S
 
     rows = []
     for i, r in enumerate(connect(str(DB)).select()):
         if i >= n_structures:
             break
-        row = codec.atoms_to_row(r.toatoms(), id=f"sacada-{r.id}")
+        row = atoms_to_row(r.toatoms(), id=f"sacada-{r.id}")
         if not row["valid_xtal"] or row["natoms"] > 500:
             continue
-        xtal = codec.row_to_pyxtal(row)
+        xtal = row_to_pyxtal(row)
         mult = min(s.wp.multiplicity for s in xtal.atom_sites)
         for j in range(min(reps, mult)):
-            rows.append(codec.pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites),
+            rows.append(pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites),
                                             id=f"sacada-{r.id}-{j}", parent_id=f"sacada-{r.id}",
                                             source="sacada"))
-    return codec.decode_frame(S.conform(pd.DataFrame(rows)))
+    return decode_frame(S.conform(pd.DataFrame(rows)))
 
 
 def reference_layout(df: pd.DataFrame) -> pd.DataFrame:
@@ -109,12 +110,12 @@ def from_reference_layout(df: pd.DataFrame, name: str) -> pd.DataFrame:
 def quality(decoded: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
     from decode import pyxtal_decode  # pyxtal's from_tabular_representation
 
-    from legodask.stats import Tolerance, match_training, symmetry_key, training_keys
+    from legodask.analysis.stats import Tolerance, match_training, symmetry_key, training_keys
 
     m = match_training(decoded, training_keys(train), Tolerance())
     valid = decoded[decoded["valid_xtal"]]
     syms = set(symmetry_key(valid).tolist())
-    from legodask.codec import only_overlapping
+    from legodask.crystal.decode import only_overlapping
 
     overlap = only_overlapping(decoded)
     return {"valid_share": float(decoded["valid_xtal"].mean()),
@@ -131,11 +132,12 @@ def decode_timed(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Decoded rows and the seconds decoding took, with the Wyckoff tables already
     built (as in a sampling worker after its first batch: importing pyxtal and
     building its groups costs 1-3 s once per process)."""
-    from legodask import codec
+    from legodask.crystal.convert import atoms_to_row, pyxtal_to_row, row_to_pyxtal
+    from legodask.crystal.frame import decode_frame
 
-    codec.decode_frame(df)
+    decode_frame(df)
     t = time.perf_counter()
-    out = codec.decode_frame(df)
+    out = decode_frame(df)
     return out, time.perf_counter() - t
 
 
@@ -144,21 +146,22 @@ def ours(train: pd.DataFrame, epochs: int, n: int, n_speed: int, workdir: Path) 
 
     from legodask import models
     from legodask import schema as S
-    from legodask.encode import encode_stage
-    from legodask.sample import draw
+    from legodask import store
+    from legodask.models.encoding import write_features
+    from legodask.models.sampling import draw
+    from legodask.models.training import train_model
     from legodask.store import Run
-    from legodask.train import train_model
 
     run = Run(workdir / "run")
     run.write_frame_table("augmented", train, meta=S.empty_frame())
     t = time.perf_counter()
-    encode_stage(run, "cont")
+    write_features(run, "cont")
     encode_s = time.perf_counter() - t
     res = {}
     for kind in ("gan", "vae"):
         name = f"ours-{kind}"
         train_model(str(run.path), name, kind, epochs, resume=False)
-        history = json.loads((run.model_dir(name) / models.LOSSES).read_text())
+        history = json.loads((run.model_dir(name) / store.MODEL_LOSSES).read_text())
         model, enc = models.load(run.model_dir(name))
         gen = torch.Generator().manual_seed(0)
         t = time.perf_counter()
@@ -204,15 +207,14 @@ def peak_memory(n: int, rows_per_part: int, epochs: int, workdir: Path) -> dict:
 
     from legodask import cli
     from legodask import schema as S
+    from legodask.models.encoding import write_features
+    from legodask.models.training import train_model
     from legodask.store import Run
-    from legodask.train import train_model
 
     train = training_rows(30, 5)
     run = Run(workdir / "run")
     run.write_frame_table("augmented", train, meta=S.empty_frame())
-    from legodask.encode import encode_stage
-
-    encode_stage(run, "cont")
+    write_features(run, "cont")
     train_model(str(run.path), "vae", "vae", epochs, resume=False)
     me = psutil.Process()
     peak = {"total": 0, "worker": 0}
@@ -273,7 +275,7 @@ def reading(m: dict) -> str:
         f"{pct(cg, 'pyxtal_valid_lost_a_site')} of ctgan's GAN's 'valid' crystals and in "
         f"{pct(og, 'pyxtal_valid_lost_a_site')} of ours (Wyckoff indices the group lacks).  "
         "The VAEs, which keep to about a dozen symmetries after so few steps, are alike.  "
-        "Decoding is vectorised (`codec.decode_frame`; the decode benchmark: about "
+        "Decoding is vectorised (`decode_frame`; the decode benchmark: about "
         "1.5-2 x 10^4 rows/s/core), so sampling including decoding runs at a good fraction "
         "of the models' own speed; ctgan's rows are decoded by the same decoder.  Our "
         "seconds per epoch are the training alone (`seconds` in `losses.json`), without "

@@ -156,7 +156,7 @@ def relax_check(rows: list[dict], device: str, batch: int, cap_s: float) -> dict
     rows sorted by size, until ``cap_s`` seconds: structures per minute (wall)."""
     import torch
 
-    from legodask.environment import get_environment
+    from legodask.crystal.environment import get_environment
     from legodask.prerelax import Options
     from legodask.prerelax.problem import build_problem
     from legodask.prerelax.rescue import relax_rows
@@ -193,7 +193,8 @@ def sample_check(run: Path, name: str, n: int, workers: int) -> dict:
 
     from legodask import models
     from legodask.cluster import connect
-    from legodask.sample import draw, sample_stage
+    from legodask.models.sampling import draw
+    from legodask.stages.sample import sample_stage
     from legodask.store import Run
 
     model, encoder = models.load(run / "models" / name)

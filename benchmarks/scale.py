@@ -46,21 +46,24 @@ def on_cluster(fn: Callable[[], Any], workers: int, threads: int = 1,
 def prepare(run_dir: Path) -> None:
     """Ingest the training set, augment it and train a small VAE, as the quick
     start does (once)."""
-    from legodask import augment, sources, train
+    from legodask.augment.params import preset
+    from legodask.sources.sacada import sacada_db
+    from legodask.stages import augment, ingest, train
     from legodask.store import Run
 
     run = Run(run_dir)
     if not run.is_complete("ingested"):
-        on_cluster(lambda: sources.ingest(run, sources.sacada_db()), 2)
+        on_cluster(lambda: ingest.ingest(run, sacada_db()), 2)
     if not run.is_complete("augmented"):
-        params = augment.preset("v1", tries=4, max_per_subgroup=4, max_per_structure=24)
+        params = preset("v1", tries=4, max_per_subgroup=4, max_per_structure=24)
         on_cluster(lambda: augment.augment(run, params), 2)
     if not (run.path / "models" / "vae-cont").exists():
         on_cluster(lambda: train.train_stage(run, "vae", "cont", epochs=60), 1)
 
 
 def one_size(base: Path, n: int, memory_limit: str, prerelax_n: int) -> dict[str, Any]:
-    from legodask import dedup, sample
+    from legodask.analysis import dedup
+    from legodask.stages import sample
     from legodask.stages.prerelax import prerelax
     from legodask.store import Run
 
@@ -94,7 +97,7 @@ def one_size(base: Path, n: int, memory_limit: str, prerelax_n: int) -> dict[str
 
 def scaling(base: Path, n: int, memory_limit: str) -> list[dict[str, Any]]:
     """sample+decode of ``n`` rows with 1 and 2 processes, and 1 process x 2 threads."""
-    from legodask import sample
+    from legodask.stages import sample
     from legodask.store import Run
 
     out = []

@@ -13,9 +13,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legodask import cli, codec
-from legodask import encode as E
+from legodask import cli
 from legodask import schema as S
+from legodask.crystal.convert import atoms_to_row, pyxtal_to_row, row_to_pyxtal
+from legodask.crystal.frame import decode_frame, to_generators
+from legodask.models import encoding as E
+from legodask.models.grid import Grid
 from legodask.store import Run
 
 
@@ -29,13 +32,13 @@ def training_table(db_path: Path, n_structures: int = 12, max_atoms: int = 24,
     for r in connect(str(db_path)).select():
         if r.natoms > max_atoms:
             continue
-        row = codec.atoms_to_row(r.toatoms(), id=f"sacada-{r.id}", source="sacada")
+        row = atoms_to_row(r.toatoms(), id=f"sacada-{r.id}", source="sacada")
         if not row["valid_xtal"]:
             continue
-        xtal = codec.row_to_pyxtal(row)
+        xtal = row_to_pyxtal(row)
         mult = min(s.wp.multiplicity for s in xtal.atom_sites)
         for j in range(min(reps, mult)):
-            rows.append(codec.pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites),
+            rows.append(pyxtal_to_row(xtal, ids=[j] * len(xtal.atom_sites),
                                             id=f"sacada-{r.id}-{j}", source="sacada"))
         n += 1
         if n >= n_structures:
@@ -72,14 +75,14 @@ def test_cont_round_trip_within_1e6(table: pd.DataFrame, cont: E.Encoder) -> Non
     onehots = [s for s in enc.spans if s.kind == "onehot"]
     assert all(np.all(x[:, s.offset:s.offset + s.dim].sum(1) == 1) for s in onehots)
     back = enc.inverse_transform(x)
-    _assert_same(codec.to_generators(table), back, atol=1e-6)   # special sites on generators
+    _assert_same(to_generators(table), back, atol=1e-6)   # special sites on generators
     # unused sites' coordinates have their own (NaN) mode, and come back as NaN
     assert back["x7"].isna().all() and back["wp7"].eq(-1).all()
     assert back["el0"].eq("C").all()
 
 
 def test_dis_round_trip_exact_on_grid(table: pd.DataFrame) -> None:
-    grid = codec.Grid()
+    grid = Grid()
     on_grid = S.conform(grid.from_bins(grid.to_bins(table)))
     # as given: the generator's atom of an orbit on the grid need not be on it
     enc = E.fit(on_grid, "dis", grid=grid, sites="as-given")
@@ -123,13 +126,13 @@ def test_encode_stage_writes_chunked_zarr(table: pd.DataFrame, tmp_path: Path) -
     bad = table.iloc[:2].assign(valid_xtal=False, id=["bad-0", "bad-1"])
     run.write_frame_table("augmented", pd.concat([table, bad], ignore_index=True),
                           meta=S.empty_frame(), rows_per_part=7)
-    enc = E.encode_stage(run, "cont", chunk_rows=8)
+    enc = E.write_features(run, "cont", chunk_rows=8)
     arr, enc2 = E.open_features(run)
     assert arr.shape == (len(table), enc.width)
     assert arr.chunks == (8, enc.width)
     assert enc2.to_dict() == enc.to_dict()
     back = enc2.inverse_transform(arr[:])
-    _assert_same(codec.to_generators(table).reset_index(drop=True), back, atol=1e-5)
+    _assert_same(to_generators(table).reset_index(drop=True), back, atol=1e-5)
     # the command line re-encodes in the other mode
     assert cli.main(["encode", "--run", str(run.path), "--mode", "dis"]) == 0
     arr, enc3 = E.open_features(run)
@@ -147,7 +150,7 @@ def test_generator_sites_round_trip_and_always_decode_on_position(table: pd.Data
     enc = E.fit(table, "cont")
     assert enc.sites == "generator" and E.Encoder.from_dict(enc.to_dict()).sites == "generator"
     x = enc.transform(table, dtype=np.float64)
-    _assert_same(codec.to_generators(table), enc.inverse_transform(x), atol=1e-6)
+    _assert_same(to_generators(table), enc.inverse_transform(x), atol=1e-6)
     # the orbit swaps of one crystal encode alike: one way of writing each site
     first = table["id"].str.rsplit("-", n=1).str[0]
     same = first == first.iloc[0]
@@ -158,8 +161,8 @@ def test_generator_sites_round_trip_and_always_decode_on_position(table: pd.Data
     scalars = [s.offset for s in enc.spans if s.kind == "scalar"]
     noisy[:, scalars] = np.clip(noisy[:, scalars] + rng.normal(0, 0.3, (len(x), len(scalars))), -1, 1)
     as_given = E.Encoder(enc.mode, enc.columns, enc.element, enc.grid, "as-given")
-    off = codec.decode_frame(as_given.inverse_transform(noisy))["error"].fillna("")
-    snapped = codec.decode_frame(enc.inverse_transform(noisy))["error"].fillna("")
+    off = decode_frame(as_given.inverse_transform(noisy))["error"].fillna("")
+    snapped = decode_frame(enc.inverse_transform(noisy))["error"].fillna("")
     assert off.str.contains("from Wyckoff position").any()
     assert not snapped.str.contains("from Wyckoff position").any()
 

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from legodask import dedup, rank
 from legodask import schema as S
-from legodask.stages import ingest as ingest_stage
+from legodask.analysis import dedup
 from legodask.energy.relax import RelaxSettings
+from legodask.stages import ingest as ingest_stage
 from legodask.stages.prerelax import prerelax
+from legodask.stages.rank import rank
 from legodask.store import Run
 
 
@@ -80,7 +81,7 @@ def test_prerelax_survives_a_killed_worker(decoded):
 def test_rank_survives_a_killed_worker(decoded):
     settings = RelaxSettings(steps=10, timeout=60)
     out = kill_a_worker_during(decoded, "ranked",
-                               lambda: rank.rank(decoded, ["tersoff"], input="decoded",
+                               lambda: rank(decoded, ["tersoff"], input="decoded",
                                                  output="ranked", settings=settings))
     _same_rows(out, decoded)
     assert out["energy_tersoff"].notna().all()

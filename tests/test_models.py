@@ -18,10 +18,16 @@ import pytest
 import torch
 from test_encode import training_table
 
-from legodask import codec, models
-from legodask import encode as E
+from legodask import models
 from legodask import schema as S
-from legodask.stats import Tolerance, match_training, training_keys
+from legodask import store
+from legodask.analysis.stats import Tolerance, match_training, training_keys
+from legodask.crystal.frame import decode_frame
+from legodask.models import encoding as E
+from legodask.models.base import ChunkStream, TabularModel
+from legodask.models.grid import Grid
+from legodask.models.sampling import validity
+from legodask.models.training import fit
 
 SMALL = {"gan": {"generator_dim": (64, 64), "discriminator_dim": (64, 64), "dropout": 0.0, "pac": 1,
                  "batch_size": 200, "lr": 2e-3},
@@ -32,26 +38,26 @@ SMALL = {"gan": {"generator_dim": (64, 64), "discriminator_dim": (64, 64), "drop
 @pytest.fixture(scope="module")
 def on_grid(sacada_db: Path) -> pd.DataFrame:
     """Four small crystals with three orbit representatives each, on the "dis" grid."""
-    grid = codec.Grid()
+    grid = Grid()
     table = training_table(sacada_db, n_structures=4)
-    return codec.decode_frame(S.conform(grid.from_bins(grid.to_bins(table))))
+    return decode_frame(S.conform(grid.from_bins(grid.to_bins(table))))
 
 
 def _train(kind: str, table: pd.DataFrame, epochs: int, out: Path, mode: str = "dis",
            check_rows: int = 0, **hp: object
-           ) -> tuple[models.TabularModel, E.Encoder, list[dict[str, float]]]:
+           ) -> tuple[TabularModel, E.Encoder, list[dict[str, float]]]:
     torch.set_num_threads(1)
     enc = E.fit(table, mode)
     model = models.build(kind, enc, torch.device("cpu"), **{**SMALL[kind], **hp})
-    history = models.fit(model, enc, models.ChunkStream(enc.transform(table)), epochs, out,
-                         check_rows=check_rows)
+    check = (lambda m: validity(m, enc, check_rows)) if check_rows else None
+    history = fit(model, enc, ChunkStream(enc.transform(table)), epochs, out, check=check)
     return model, enc, history
 
 
-def _samples(model: models.TabularModel, enc: E.Encoder, n: int, seed: int) -> pd.DataFrame:
+def _samples(model: TabularModel, enc: E.Encoder, n: int, seed: int) -> pd.DataFrame:
     df = enc.inverse_transform(model.sample(n, torch.Generator().manual_seed(seed)))
     df["id"] = [f"s-{i}" for i in range(n)]
-    return codec.decode_frame(df)
+    return decode_frame(df)
 
 
 @pytest.mark.parametrize("kind,epochs", [("vae", 500), ("gan", 250)])
@@ -84,9 +90,9 @@ def test_training_logs_keeps_best_and_resumes_exactly(on_grid: pd.DataFrame,
     np.testing.assert_allclose([h["loss"] for h in resumed], [h["loss"] for h in straight],
                                rtol=1e-5)
     d = tmp_path / "resumed"
-    assert json.loads((d / models.LOSSES).read_text()) == resumed
-    assert (d / models.PLOT).stat().st_size > 1000
-    best = torch.load(d / models.BEST, weights_only=True)["epoch"]
+    assert json.loads((d / store.MODEL_LOSSES).read_text()) == resumed
+    assert (d / store.MODEL_PLOT).stat().st_size > 1000
+    best = torch.load(d / store.MODEL_BEST, weights_only=True)["epoch"]
     assert best == int(np.argmin([h["loss"] for h in resumed]))
     loaded, loaded_enc = models.load(d)
     assert loaded_enc.to_dict() == enc.to_dict()
@@ -101,13 +107,13 @@ def test_gan_keeps_the_epoch_with_most_valid_crystals(on_grid: pd.DataFrame,
     valid = [h["valid"] for h in history]
     assert all(0 <= h["valid"] <= h["valid_no_distance"] <= 1 for h in history)
     assert max(valid) > min(valid)  # the shares move as it learns
-    kept = torch.load(tmp_path / models.BEST, weights_only=True)["epoch"]
+    kept = torch.load(tmp_path / store.MODEL_BEST, weights_only=True)["epoch"]
     assert kept == int(np.argmax(valid))
     loaded, _ = models.load(tmp_path, torch.device("cpu"))
-    assert models.validity(loaded, enc, 300)["valid"] == max(valid)
+    assert validity(loaded, enc, 300)["valid"] == max(valid)
     # without checks the last epoch is kept
     _train("gan", on_grid, 3, tmp_path / "unchecked")
-    assert torch.load(tmp_path / "unchecked" / models.BEST, weights_only=True)["epoch"] == 2
+    assert torch.load(tmp_path / "unchecked" / store.MODEL_BEST, weights_only=True)["epoch"] == 2
 
 
 def test_chunk_stream_visits_every_row_once(tmp_path: Path) -> None:
@@ -117,7 +123,7 @@ def test_chunk_stream_visits_every_row_once(tmp_path: Path) -> None:
     arr = zarr.create_array(str(tmp_path / "x.zarr"), shape=data.shape, chunks=(7, 2),
                             dtype="float32")
     arr[:] = data
-    stream = models.ChunkStream(arr)
+    stream = ChunkStream(arr)
     chunks = list(stream.epoch(np.random.default_rng(0)))
     assert sorted(len(c) for c in chunks) == [4, 7, 7, 7]
     np.testing.assert_array_equal(np.sort(np.concatenate(chunks)[:, 0]), data[:, 0])
@@ -128,9 +134,9 @@ def test_generator_alone_samples_as_the_whole_gan(on_grid: pd.DataFrame,
     """A GAN file without its discriminator (for sampling alone) draws the same rows."""
     _train("gan", on_grid, 2, tmp_path)
     whole, _ = models.load(tmp_path, torch.device("cpu"))
-    state = torch.load(tmp_path / models.BEST, weights_only=True)
+    state = torch.load(tmp_path / store.MODEL_BEST, weights_only=True)
     state["model"].pop("D")
-    torch.save(state, tmp_path / models.BEST)
+    torch.save(state, tmp_path / store.MODEL_BEST)
     alone, _ = models.load(tmp_path, torch.device("cpu"))
     same = [m.sample(50, torch.Generator().manual_seed(3)) for m in (whole, alone)]
     np.testing.assert_array_equal(*same)

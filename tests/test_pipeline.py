@@ -26,7 +26,7 @@ def test_shipped_pipelines_parse_into_stage_options(path, tmp_path):
 def test_overrides_and_unknown_stages(tmp_path):
     spec = pipeline.load(PIPELINES[0], ["sample.n=50", "rank.models=tersoff", "augment.check=none"])
     assert spec["sample"]["n"] == 50 and spec["rank"]["models"] == "tersoff"
-    args = pipeline.stage_args(importlib.import_module("legodask.sample"), "R", spec["sample"])
+    args = pipeline.stage_args(importlib.import_module("legodask.stages.sample"), "R", spec["sample"])
     assert args.n == 50
     bad = tmp_path / "bad.toml"
     bad.write_text("[ingest]\n[polish]\n")

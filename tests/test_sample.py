@@ -11,9 +11,10 @@ from test_encode import training_table
 
 from legodask import cli, models
 from legodask import schema as S
-from legodask.sample import part_seed, sample_partition, sample_stage
+from legodask.models.sampling import part_seed, sample_partition
+from legodask.stages.sample import sample_stage
+from legodask.stages.train import train_stage
 from legodask.store import Run
-from legodask.train import train_stage
 
 HP = {"compress_dims": (32, 32), "decompress_dims": (32, 32), "embedding_dim": 16,
       "batch_size": 20, "lr": 2e-3}
@@ -94,7 +95,7 @@ def test_cli_sample_on_a_local_cluster(trained: Run) -> None:
 
 
 def test_train_options_become_hyper_parameters() -> None:
-    from legodask.train import hparams_of
+    from legodask.stages.train import hparams_of
 
     args = cli.build_parser().parse_args(
         ["train", "--run", "r", "--model", "gan", "--hidden", "64", "64", "--pac", "1"])
@@ -109,7 +110,7 @@ def test_train_options_become_hyper_parameters() -> None:
 def test_train_keeps_the_features_site_form_unless_told(trained: Run, tmp_path: Path) -> None:
     import shutil
 
-    from legodask.encode import open_features
+    from legodask.models.encoding import open_features
 
     shutil.copytree(trained.path, tmp_path / "copy")
     run = Run(tmp_path / "copy")

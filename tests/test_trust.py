@@ -24,10 +24,15 @@ import torch
 from test_encode import training_table
 from test_models import SMALL
 
-from legodask import cluster, codec, models
-from legodask import encode as E
+from legodask import cluster, models
 from legodask import schema as S
+from legodask import store
 from legodask.cli import main, message
+from legodask.crystal.frame import decode_frame
+from legodask.models import encoding as E
+from legodask.models.base import ChunkStream
+from legodask.models.grid import Grid
+from legodask.models.training import fit
 from legodask.store import Run, arrow_schema, write_frame
 
 MODEL = "vae-dis"
@@ -48,14 +53,13 @@ class Touch:
 def trained(sacada_db: Path, tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """A run with a small VAE trained for two epochs, and its training table."""
     torch.set_num_threads(1)
-    grid = codec.Grid()
-    table = codec.decode_frame(S.conform(grid.from_bins(grid.to_bins(
+    grid = Grid()
+    table = decode_frame(S.conform(grid.from_bins(grid.to_bins(
         training_table(sacada_db, n_structures=4)))))
     enc = E.fit(table, "dis")
     model = models.build("vae", enc, torch.device("cpu"), **SMALL["vae"])
     run = Run(tmp_path_factory.mktemp("trust") / "run")
-    models.fit(model, enc, models.ChunkStream(enc.transform(table)), 2,
-               run.model_dir(MODEL), check_rows=0)
+    fit(model, enc, ChunkStream(enc.transform(table)), 2, run.model_dir(MODEL))
     return run.path, table
 
 
@@ -76,9 +80,9 @@ def test_a_model_file_that_is_a_pickle_is_refused_not_run(trained, tmp_path, wri
     marker = tmp_path / "marker"
     evil = {"model": Touch(marker), "epoch": 0}
     if writer == "torch.save":
-        torch.save(evil, d / models.BEST)
+        torch.save(evil, d / store.MODEL_BEST)
     else:
-        with open(d / models.BEST, "wb") as f:
+        with open(d / store.MODEL_BEST, "wb") as f:
             pickle.dump(evil, f)
     with pytest.raises(ValueError, match="could run code"):
         models.load(d, torch.device("cpu"))
@@ -89,11 +93,11 @@ def test_a_resume_checkpoint_that_is_a_pickle_is_refused_not_run(trained, tmp_pa
     run_path, table = trained
     d = _copy_model(run_path, tmp_path / "model")
     marker = tmp_path / "marker"
-    torch.save({"model": Touch(marker)}, d / models.LAST)
-    enc = E.Encoder.from_dict(json.loads((d / models.CONFIG).read_text())["encoder"])
+    torch.save({"model": Touch(marker)}, d / store.MODEL_LAST)
+    enc = E.Encoder.from_dict(json.loads((d / store.MODEL_CONFIG).read_text())["encoder"])
     model = models.build("vae", enc, torch.device("cpu"), **SMALL["vae"])
     with pytest.raises(ValueError, match="could run code"):
-        models.fit(model, enc, models.ChunkStream(enc.transform(table)), 3, d, check_rows=0)
+        fit(model, enc, ChunkStream(enc.transform(table)), 3, d)
     assert not marker.exists()
 
 
@@ -101,7 +105,7 @@ def test_sample_of_a_run_with_a_malicious_model_fails_in_one_line(trained, tmp_p
     run = Run(tmp_path / "run")
     d = _copy_model(trained[0], run.path / "models" / MODEL)
     marker = tmp_path / "marker"
-    torch.save({"model": Touch(marker), "epoch": 0}, d / models.BEST)
+    torch.save({"model": Touch(marker), "epoch": 0}, d / store.MODEL_BEST)
     rc = main(["sample", "--run", str(run.path), "--model", MODEL, "--n", "10",
                "--workers", "1"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -115,21 +119,20 @@ def test_a_model_saved_by_the_previous_version_still_loads_and_resumes(trained, 
     read then with ``weights_only=False``) load under ``weights_only=True``."""
     run_path, table = trained
     d = _copy_model(run_path, tmp_path / "model")
-    cfg = json.loads((d / models.CONFIG).read_text())
+    cfg = json.loads((d / store.MODEL_CONFIG).read_text())
     enc = E.Encoder.from_dict(cfg["encoder"])
     old = models.build("vae", enc, torch.device("cpu"), seed=7, **cfg["hparams"])
     rng = np.random.default_rng(3)
     history = [{"loss": 1.5, "recon": 1.0, "kld": 0.5, "seconds": 0.1, "epoch": 0}]
-    torch.save({"model": old.state_dict(optimizer=False), "epoch": 0}, d / models.BEST)
+    torch.save({"model": old.state_dict(optimizer=False), "epoch": 0}, d / store.MODEL_BEST)
     torch.save({"model": old.state_dict(), "history": history,
                 "torch_rng": torch.get_rng_state(), "numpy_rng": rng.bit_generator.state},
-               d / models.LAST)
+               d / store.MODEL_LAST)
     loaded, _ = models.load(d, torch.device("cpu"))
     draws = [m.sample(20, torch.Generator().manual_seed(1)) for m in (old, loaded)]
     np.testing.assert_array_equal(*draws)
     resumed = models.build("vae", enc, torch.device("cpu"), **cfg["hparams"])
-    out = models.fit(resumed, enc, models.ChunkStream(enc.transform(table)), 2, d,
-                     check_rows=0)
+    out = fit(resumed, enc, ChunkStream(enc.transform(table)), 2, d)
     assert out[0] == history[0] and [h["epoch"] for h in out] == [0, 1]
 
 
@@ -137,7 +140,7 @@ def test_features_zarr_with_a_pickle_codec_is_not_unpickled(tmp_path):
     """The encoder of ``features.zarr`` is JSON; an array whose chunks claim a pickle
     codec is refused by zarr (3) before any chunk is read."""
     run = Run(tmp_path / "run")
-    arr = run.file(E.FEATURES)
+    arr = run.file(store.FEATURES)
     arr.mkdir()
     marker = tmp_path / "marker"
     (arr / ".zarray").write_text(json.dumps({
@@ -258,7 +261,7 @@ def test_local_cluster_listens_on_localhost_only():
 
 def test_an_unexpected_failure_is_one_line_and_a_traceback_with_v(small_run, capsys,
                                                                   monkeypatch):
-    from legodask import status
+    from legodask.stages import status
 
     def boom(args):
         raise RuntimeError("it broke\nin two lines")

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import codec
 from .. import schema as S
+from ..crystal.convert import pyxtal_to_row
+from ..crystal.decode import Decoded, decode_row
 from .params import DISTORT, SEARCH, SWAPS, Params, task_rng
 from .subgroups import Rep, make_checker, orbit, orbit_choices, representations
 from .timeout import call_with_timeout
@@ -24,10 +25,10 @@ EXTRA = {S.SUBGROUP_PATH: "object", S.AUGMENT_ERRORS: "object"}
 
 
 def augment_structure(row: Mapping[str, Any], p: Params,
-                      check: Callable[[codec.Decoded], str | None]) -> pd.DataFrame:
+                      check: Callable[[Decoded], str | None]) -> pd.DataFrame:
     """All augmented rows of one training structure (raises on failure).  Rows are
     gathered as one frame per representation, which keeps a task's memory small."""
-    pid = str(row["id"])
+    pid = str(row[S.ID])
     swaps = task_rng(p.seed, pid, SWAPS)
     chunks: list[pd.DataFrame] = []
     n_out = 0
@@ -36,10 +37,10 @@ def augment_structure(row: Mapping[str, Any], p: Params,
         nonlocal n_out
         choices = np.array(list(orbit_choices(rep.dec, n_max, swaps)), dtype=int)
         n = len(choices)
-        base = codec.pyxtal_to_row(rep.pyxtal(), parent_id=pid, source=row.get("source"),
+        base = pyxtal_to_row(rep.pyxtal(), parent_id=pid, source=row.get(S.SOURCE),
                                    **{S.SUBGROUP_PATH: rep.path})
         cols: dict[str, Any] = {k: [v] * n for k, v in base.items()}
-        cols["id"] = [f"{pid}-{n_out + i:05d}" for i in range(n)]
+        cols[S.ID] = [f"{pid}-{n_out + i:05d}" for i in range(n)]
         for k, site in enumerate(rep.dec.sites):   # the decoded order, for every column
             cols[f"wp{k}"], cols[f"el{k}"] = [site.wp.index] * n, [site.element] * n
             xyz = orbit(site)[choices[:, k]]
@@ -49,7 +50,7 @@ def augment_structure(row: Mapping[str, Any], p: Params,
         n_out += n
         return n
 
-    errors = representations(codec.decode_row(row), p, task_rng(p.seed, pid, SEARCH),
+    errors = representations(decode_row(row), p, task_rng(p.seed, pid, SEARCH),
                              task_rng(p.seed, pid, DISTORT), check, emit)
     out = pd.concat(chunks, ignore_index=True)
     if errors:
@@ -61,7 +62,7 @@ def failure_row(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
     """The one row of a structure that could not be augmented: the parent as it
     came, with ``valid_xtal`` false and the reason."""
     rec = {c: row.get(c) for c in S.COLUMNS if c in row}
-    pid = str(row["id"])
+    pid = str(row[S.ID])
     rec.update(id=f"{pid}-failed", parent_id=pid, valid_xtal=False,
                error=f"augment: {reason}", **{S.SUBGROUP_PATH: None, S.AUGMENT_ERRORS: None})
     return rec
@@ -76,7 +77,7 @@ def meta() -> pd.DataFrame:
 def training_rows(df: pd.DataFrame) -> pd.DataFrame:
     """The rows to augment: valid crystals of the training set (when marked)."""
     keep = np.ones(len(df), bool)
-    for col in ("valid_xtal", S.TRAIN):
+    for col in (S.VALID_XTAL, S.TRAIN):
         if col in df.columns:
             keep &= df[col].fillna(False).astype(bool).to_numpy()
     return df[keep]
@@ -94,7 +95,7 @@ def augment_frame(df: pd.DataFrame, p: Params) -> pd.DataFrame:
         except Exception as exc:  # any failure is recorded, never raised
             rows = S.conform(pd.DataFrame([failure_row(row, f"{type(exc).__name__}: {exc}")]),
                              EXTRA)
-        log.debug("augmented %s: %d rows in %.2f s", row.get("id"), len(rows),
+        log.debug("augmented %s: %d rows in %.2f s", row.get(S.ID), len(rows),
                   time.perf_counter() - start)
         frames.append(rows[list(frames[0].columns)])
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]

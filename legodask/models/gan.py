@@ -17,8 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..encode import Span
-from . import ChunkStream, Layout, TabularModel
+from .base import ChunkStream, Layout, TabularModel
+from .encoding import Span
 
 DEFAULTS: dict[str, Any] = {
     "embedding_dim": 128, "generator_dim": (512, 512), "discriminator_dim": (256, 256),

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..encode import Span
-from . import ChunkStream, Layout, TabularModel
+from .base import ChunkStream, Layout, TabularModel
+from .encoding import Span
 
 DEFAULTS: dict[str, Any] = {
     "embedding_dim": 128, "compress_dims": (512, 512), "decompress_dims": (512, 512),

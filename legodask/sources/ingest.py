@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from .. import codec
 from .. import schema as S
+from ..crystal.convert import atoms_to_row
+from ..crystal.frame import decode_frame
 from .readers import Item, read_atoms
 
 log = logging.getLogger("legodask")
@@ -30,11 +31,11 @@ def read_items(items: list[Item], symprec: float, source: str,
             if not atoms.pbc.all() or atoms.cell.rank < 3:
                 raise ValueError("no periodic cell (a molecule or a slab?): a crystal needs "
                                  "three cell vectors, periodic in every direction")
-            row = codec.atoms_to_row(atoms, symprec=symprec, **extra)
+            row = atoms_to_row(atoms, symprec=symprec, **extra)
         except Exception as exc:  # malformed files: reported, never fatal
             why = str(exc) or f"{type(exc).__name__}, not a readable {it.kind} file"
             log.warning("%s: cannot read %s (%s)", source, it.path, why)
-            row = {"valid_xtal": False, "error": f"unreadable {it.path}: {why}"}
+            row = {S.VALID_XTAL: False, S.ERROR: f"unreadable {it.path}: {why}"}
         row.update(id=it.id, source=source, parent_id=None)
         rows.append(row)
     return check_rows(S.conform(pd.DataFrame.from_records(rows)), min_distance)
@@ -43,12 +44,12 @@ def read_items(items: list[Item], symprec: float, source: str,
 def check_rows(df: pd.DataFrame, min_distance: float = 0.6) -> pd.DataFrame:
     """``df`` with the rows that it calls valid but decoding does not (atoms closer than
     ``min_distance`` Å, ...) invalid, with decoding's reason; no value is rewritten."""
-    verdict = codec.decode_frame(df, min_distance=min_distance)
-    bad = df["valid_xtal"].to_numpy(bool) & ~verdict["valid_xtal"].to_numpy(bool)
+    verdict = decode_frame(df, min_distance=min_distance)
+    bad = df[S.VALID_XTAL].to_numpy(bool) & ~verdict[S.VALID_XTAL].to_numpy(bool)
     if not bad.any():
         return df
     out = df.copy()
-    out.loc[bad, "valid_xtal"] = False
+    out.loc[bad, S.VALID_XTAL] = False
     out.loc[bad, "error"] = verdict.loc[bad, "error"]
     return out
 
@@ -69,7 +70,7 @@ class TrainingFilter:
             (df["n_sites"] > self.max_sites, f"more than {self.max_sites} Wyckoff sites"),
             (df["natoms"] > self.max_atoms, f"more than {self.max_atoms} atoms"),
             (df["dof"] > self.max_dof, f"more than {self.max_dof} free variables"),
-            (~df["valid_xtal"].astype(bool), "invalid: " + df["error"].astype(str)),
+            (~df[S.VALID_XTAL].astype(bool), "invalid: " + df[S.ERROR].astype(str)),
             *self._element_check(df),
         ]
         for mask, why in checks:

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import schema as S
+from .. import schema as S
 
 AUTO, TABLE, REFERENCE = "auto", "table", "reference"
 LAYOUTS = (AUTO, TABLE, REFERENCE)
 # the columns a file in the table's layout must have (sites beyond the first may be absent)
-TABLE_REQUIRED = ["spg", *S.CELL, S.WP[0], *S.XYZ[0]]
+TABLE_REQUIRED = [S.SPG, *S.CELL, S.WP[0], *S.XYZ[0]]
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,7 @@ def to_table(df: pd.DataFrame, layout: Layout) -> pd.DataFrame:
     names = S.TABULAR if not layout.positional else S.TABULAR[:len(values)]
     src = dict(zip(names, values)) if layout.positional else {c: c for c in S.TABULAR}
     out = pd.DataFrame(index=df.index)
-    out["spg"] = df[src["spg"]]
+    out[S.SPG] = df[src[S.SPG]]
     for c in S.CELL:
         v, text = _parsed(df[src[c]])
         out[c] = pd.Series(np.where(text, df[src[c]].to_numpy(object),

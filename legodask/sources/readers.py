@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .. import codec
 from .. import schema as S
+from ..crystal.frame import decode_frame
 from . import layouts
 
 log = logging.getLogger("legodask")
@@ -104,8 +104,8 @@ def read_table(path: str, element: str = "C", min_distance: float = 0.6) -> pd.D
     df = pd.read_parquet(p) if p.suffix == ".parquet" else \
         pd.read_csv(p, **layouts.csv_options(p, columns, layout))
     df = layouts.with_ids(layouts.to_table(df, layout), p.stem, 0)
-    df["source"] = p.name
-    return codec.decode_frame(df, min_distance=min_distance)
+    df[S.SOURCE] = p.name
+    return decode_frame(df, min_distance=min_distance)
 
 
 def db_columns(items: list[Item]) -> dict[str, str]:

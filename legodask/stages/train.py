@@ -1,4 +1,5 @@
-"""The train stage: one task fits a GAN or VAE on ``RUN/features.zarr``.
+"""``legodask train``: one task fits a GAN or VAE on the run's features (the task
+body is ``legodask.models.training.train_model``).
 
 The task runs on a worker with the ``GPU`` resource when the cluster has one (torch
 then finds CUDA there), on any worker otherwise.  It streams the features chunk by
@@ -9,49 +10,47 @@ from __future__ import annotations
 
 import argparse
 import logging
-import time
 from typing import Any
 
-import dask
-
-from . import cluster, models
-from .encode import FEATURES, MODES, SITES, encode_stage, open_features
-from .store import Run
+from .. import schema as S
+from .. import store
+from ..models import KINDS
+from ..models.encoding import MODES, SITES, open_features, write_features
+from ..store import Run
 
 log = logging.getLogger("legodask")
 
 
-def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool = True,
-                seed: int = 0, check_rows: int = 1000, **hparams: Any) -> dict[str, Any]:
-    """Train model ``name`` on the run's features (the task body); a summary."""
-    run = Run(run_path)
-    array, encoder = open_features(run)
-    model = models.build(kind, encoder, seed=seed, **hparams)
-    t = time.perf_counter()
-    history = models.fit(model, encoder, models.ChunkStream(array), epochs,
-                         run.model_dir(name), resume=resume, seed=seed, check_rows=check_rows)
-    best = models.best_epoch(history, model) or {}
-    return {"model": name, "kind": kind, "device": str(model.device), "epochs": len(history),
-            "best_epoch": best.get("epoch"),
-            **{k: best[k] for k in (model.score, *models.SHARES) if k in best},
-            "rows": int(array.shape[0]), "features": encoder.width,
-            "seconds": round(time.perf_counter() - t, 2)}
+def model_name(kind: str, mode: str, name: str | None = None) -> str:
+    """A model's name: ``name``, else ``<kind>-<mode>``."""
+    return name or f"{kind}-{mode}"
+
+
+def is_done(run: Run, opts: dict[str, Any]) -> bool:
+    """Whether the model a pipeline's train entry names has its best epoch saved."""
+    name = model_name(opts.get("model", "gan"), opts.get("mode", "cont"), opts.get("name"))
+    return (run.file(store.MODELS) / str(name) / store.MODEL_BEST).exists()
 
 
 def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
-                name: str | None = None, input: str = "augmented", resume: bool = True,
+                name: str | None = None, input: str = S.AUGMENTED, resume: bool = True,
                 seed: int = 0, sites: str | None = None, check_rows: int = 1000,
                 **hparams: Any) -> dict[str, Any]:
     """Encode (when ``features.zarr`` is missing or of another mode, sites form or
     table; ``sites=None`` keeps the existing features' form) and train."""
-    if not run.file(FEATURES).exists():
-        encode_stage(run, mode, input, sites=sites or "generator")
+    import dask
+
+    from .. import cluster
+    from ..models.training import train_model
+
+    if not run.file(store.FEATURES).exists():
+        write_features(run, mode, input, sites=sites or "generator")
     else:
         array, encoder = open_features(run)
         wanted = sites or encoder.sites
         if encoder.mode != mode or array.attrs.get("source") != input or encoder.sites != wanted:
-            encode_stage(run, mode, input, sites=wanted)
-    name = name or f"{kind}-{mode}"
+            write_features(run, mode, input, sites=wanted)
+    name = model_name(kind, mode, name)
     annotations = {"resources": cluster.GPU_RESOURCE} if cluster.has_gpu_worker() else {}
     with dask.annotate(**annotations):
         task = dask.delayed(train_model, pure=False)(str(run.path), name, kind, epochs,
@@ -63,14 +62,14 @@ def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--model", choices=models.KINDS, required=True)
+    parser.add_argument("--model", choices=KINDS, required=True)
     parser.add_argument("--mode", choices=MODES, default="cont")
     parser.add_argument("--sites", choices=SITES, default=None,
                         help="how sites are encoded (legodask encode --sites; default: "
                         "as the run's features are, generator when there are none)")
     parser.add_argument("--epochs", type=int, default=250, help="epochs in all (paper: 250-1000)")
     parser.add_argument("--name", help="model name (default <model>-<mode>)")
-    parser.add_argument("--input", default="augmented", help="training table")
+    parser.add_argument("--input", default=S.AUGMENTED, help="training table")
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--lr", type=float, default=None,
                         help="Adam learning rate (default: GAN 2e-4, VAE 1e-3 as TVAE)")

@@ -7,11 +7,11 @@ a continuous column is a scalar in [-1, 1] (its offset from a mixture mode in un
 4 standard deviations) followed by a one-hot of the mode.  The coordinates of unused
 sites (NaN) get a mode of their own, so padding is learnt like any other value.  In
 "dis" mode every column is discrete: cell and coordinates are binned with
-``codec.Grid``.
+``Grid``.
 
 Sites are encoded as the table gives them (``sites="as-given"``: any atom of an orbit
 may represent it, as the augmentation's swaps write them) or in their Wyckoff
-generator's form (``sites="generator"``, ``codec.to_generators``): then the coordinates
+generator's form (``sites="generator"``, ``to_generators``): then the coordinates
 a special position fixes are constants of its Wyckoff index in the training data, and
 decoding reads them from the group, so that a sampled site is always on the position
 it names.
@@ -22,11 +22,8 @@ encoder in its attributes) so that training streams it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import shutil
-import uuid
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -38,15 +35,15 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from . import schema as S
-from .codec import Grid, to_generators
-from .store import Run
+from .. import schema as S
+from ..crystal.frame import to_generators
+from ..store import FEATURES, Run, atomic_path
+from .grid import Grid
 
 log = logging.getLogger("legodask")
 
 MODES = ("cont", "dis")
 SITES = ("as-given", "generator")
-FEATURES = "features.zarr"
 CONTINUOUS = [*S.CELL, *S.XYZ_FLAT]
 # Unused-site coordinates, element and Wyckoff padding are encoded as this category.
 _PAD = -1
@@ -255,7 +252,7 @@ class Encoder:
                     pad = col.categories.index(_PAD)
                     logits[used_by[col.column], pad] = -np.inf
                 cols[col.column] = col.values(np.argmax(logits, axis=1))
-        df = pd.DataFrame(cols).astype({c: int for c in ["spg", *S.WP]})
+        df = pd.DataFrame(cols).astype({c: int for c in [S.SPG, *S.WP]})
         if self.mode == "dis":
             df = self.grid.from_bins(df.astype({c: float for c in CONTINUOUS}))
         for k in range(S.MAX_SITES):
@@ -312,7 +309,7 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
     n = sum(rows for rows, _ in parts)
     element_set = set().union(*(elements for _, elements in parts))
     single = len(element_set) <= 1
-    discrete = ["spg", *S.WP, *([] if single else S.EL)]
+    discrete = [S.SPG, *S.WP, *([] if single else S.EL)]
     uniques = [ddf[c].fillna(_PAD).unique() if c in S.EL else ddf[c].unique() for c in discrete]
     if mode == "dis":
         binned = ddf.map_partitions(lambda p: grid.to_bins(written(p))[CONTINUOUS],
@@ -347,15 +344,15 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 
 # ---------------------------------------------------------------------------
-# the stage: RUN/features.zarr
+# the features: RUN/features.zarr
 # ---------------------------------------------------------------------------
 
 def valid_rows(p: pd.DataFrame) -> pd.DataFrame:
     """The valid crystals of a partition: what a model learns from and is judged by."""
-    return p[p["valid_xtal"].astype(bool)] if "valid_xtal" in p.columns else p
+    return p[p[S.VALID_XTAL].astype(bool)] if S.VALID_XTAL in p.columns else p
 
 
-def encode_stage(run: Run, mode: str, input: str = "augmented", chunk_rows: int = 16_384,
+def write_features(run: Run, mode: str, input: str = S.AUGMENTED, chunk_rows: int = 16_384,
                  max_modes: int = 10, fit_rows: int = 20_000, seed: int = 0,
                  sites: str = "generator") -> Encoder:
     """Fit the encoder on table ``input`` and write its encoded valid rows to
@@ -373,13 +370,10 @@ def encode_stage(run: Run, mode: str, input: str = "augmented", chunk_rows: int 
         raise ValueError(f"table {input!r} has no valid rows to encode")
     x = da.concatenate(blocks).rechunk((chunk_rows, enc.width))
     out = run.file(FEATURES)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    da.to_zarr(x, str(tmp))
-    arr = zarr.open_array(str(tmp), mode="r+")
-    arr.attrs.update({"encoder": enc.to_dict(), "source": input})
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_path(out) as tmp:
+        da.to_zarr(x, str(tmp))
+        arr = zarr.open_array(str(tmp), mode="r+")
+        arr.attrs.update({"encoder": enc.to_dict(), "source": input})
     log.info("encoded %d rows of %s into %s (%s mode, sites %s, %d features)", x.shape[0],
              input, out, mode, sites, enc.width)
     return enc
@@ -391,27 +385,3 @@ def open_features(run: Run) -> tuple[Any, Encoder]:
 
     arr = zarr.open_array(str(run.file(FEATURES)), mode="r")
     return arr, Encoder.from_dict(arr.attrs["encoder"])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--mode", choices=MODES, default="cont",
-                        help="cont: one-hot + Bayesian GMM; dis: everything binned")
-    parser.add_argument("--sites", choices=SITES, default="generator",
-                        help="generator (default): each special site on its Wyckoff "
-                        "generator, so that sampled sites are always on their positions; "
-                        "as-given: as the table writes them (any atom of an orbit)")
-    parser.add_argument("--input", default="augmented", help="training table")
-    parser.add_argument("--chunk-rows", type=int, default=16_384, help="rows per Zarr chunk")
-    parser.add_argument("--max-modes", type=int, default=10, help="mixture modes per column")
-    parser.add_argument("--fit-rows", type=int, default=20_000,
-                        help="rows sampled to fit the mixtures")
-    parser.add_argument("--seed", type=int, default=0)
-
-
-def command(args: argparse.Namespace) -> int:
-    enc = encode_stage(Run(args.run), args.mode, args.input, args.chunk_rows, args.max_modes,
-                       args.fit_rows, args.seed, args.sites)
-    print(f"{args.run}/{FEATURES}: {enc.width} features ({args.mode}, sites {args.sites})")
-    return 0
-
