@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--workers", default="1")
     ap.add_argument("--name", default=None, help="results/<name>.json/.md")
     args = ap.parse_args()
-    from legodask.metrics import compute_metrics
+    from legodask.analysis.metrics import compute_metrics
     from legodask.store import Run
 
     r, c = ["--run", args.run], ["--workers", args.workers, "--threads", "1"]

@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 from legodask import energy as E  # noqa: E402
 from legodask.energy.relax import RelaxSettings, budget, graphite  # noqa: E402
 from legodask.energy.runner import relax_many  # noqa: E402
-from legodask.report import VASP_GRAPHITE  # noqa: E402  (the paper, section S-III)
+from legodask.analysis.report import VASP_GRAPHITE  # noqa: E402  (the paper, section S-III)
 
 DB = Path(os.environ.get("LEGODASK_SACADA_DB", ROOT.parent / "shared/data/sp2_sacada.db"))
 RESULTS = ROOT / "benchmarks/results"

@@ -43,11 +43,18 @@ TABLES = [INGESTED, DECODED, AUGMENTED, SAMPLES, PRERELAXED, RANKED, RANK_UNIQUE
           FINGERPRINTS, TRAIN_FINGERPRINTS]
 
 ID = "id"
+# Single columns that stages read by name.
+SOURCE, PARENT_ID, SPG = "source", "parent_id", "spg"
+NATOMS, N_SITES, DOF = "natoms", "n_sites", "dof"
+VALID_XTAL, ERROR = "valid_xtal", "error"
+VALID_ENV = "valid_env"                # prerelax: the reference environment is reached
+LOSS = "loss"                          # prerelax: distance to the reference environment
+VASP_ENERGY = "vasp_energy"            # a source's DFT energy (SACADA), eV/atom
 # The reference implementation's (LEGO-xtal) CSV files: the tabular columns, angles
 # in radians, no elements, optionally followed by these.
 REFERENCE_EXTRA = ["energy", "label"]
 
-# Columns filled by decoding (codec.decode_frame).
+# Columns filled by decoding (crystal.frame.decode_frame).
 DERIVED = ["natoms", "n_sites", "dof", "valid_xtal", "error"]
 
 _FIELDS: list[tuple[str, pa.DataType]] = [
@@ -77,6 +84,20 @@ TABULAR = ["spg", *CELL, *[c for k in range(MAX_SITES) for c in (WP[k], *XYZ[k])
 # Columns that later stages add (declared here so that only this module names them).
 PRERELAX = ["loss", "valid_env", "env_error", "iterations", "seconds"]
 FINGERPRINT = "fingerprint"
+# The fingerprint's other columns (fingerprint.py) and deduplication's marks.
+FP_VBIN = "fp_vbin"                    # volume per atom on a logarithmic grid
+FP_SPG = "fp_spg"                      # space group of the crystal
+FP_NATOMS = "fp_natoms"                # atoms in the primitive cell
+FP_DATA = "fp_data"                    # JSON cell and environments: first row of a crystal
+FP_ERROR = "fp_error"                  # why a row has no fingerprint
+FP_DTYPES = {FINGERPRINT: "object", FP_VBIN: "int32", FP_SPG: "int16", FP_NATOMS: "int32",
+             FP_DATA: "object", FP_ERROR: "object"}
+IS_NEW = "is_new"                      # dedup: the first occurrence among all seen
+FIRST_ID = "first_id"                  # dedup: the id of that first occurrence
+# Prefixes of the rank stage's columns per energy model (``energy_columns``).
+ENERGY = "energy_"
+E_ABOVE = "e_above_"
+RELAXED = "relaxed_"
 # Columns of the ingested and augmented tables beyond the structure's.
 TRAIN = "train"                      # ingest: whether the models learn from the row
 FILTER_REASON = "filter_reason"      # ingest: why the training filter leaves it out
@@ -86,8 +107,8 @@ AUGMENT_ERRORS = "augment_errors"    # augment: the structure's subgroup tries t
 
 def energy_columns(model: str) -> list[str]:
     """Columns the rank stage writes for one energy model."""
-    return [f"energy_{model}", f"e_above_{model}", f"relax_steps_{model}",
-            f"relaxed_{model}", f"error_{model}", f"converged_{model}"]
+    return [f"{ENERGY}{model}", f"{E_ABOVE}{model}", f"relax_steps_{model}",
+            f"{RELAXED}{model}", f"error_{model}", f"converged_{model}"]
 
 
 _PANDAS_DTYPES = {

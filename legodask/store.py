@@ -67,6 +67,12 @@ RUN_FILES = [FEATURES, METRICS, REPORT, TIMINGS, RANK_REFERENCES, LOG, DONE, MAD
              LOCK, MODEL_CONFIG, MODEL_BEST, MODEL_LAST, MODEL_LOSSES, MODEL_PLOT]
 _HELD: set[Path] = set()   # the locks this process holds
 
+
+def stats_file(table: str, ext: str) -> str:
+    """The stats stage's summary (``json``) or plot (``png``) of a table."""
+    return f"stats-{table}.{ext}"
+
+
 _ARROW_OF = {
     "int8": pa.int8(), "int16": pa.int16(), "int32": pa.int32(), "int64": pa.int64(),
     "float32": pa.float32(), "float64": pa.float64(), "bool": pa.bool_(),
@@ -157,6 +163,10 @@ class Run:
 
     def part_path(self, table: str, i: int) -> Path:
         return self.table_path(table) / f"part-{i:05d}.parquet"
+
+    def part_files(self, table: str) -> list[Path]:
+        """The partition files of a table that are there, in order."""
+        return [self.part_path(table, i) for i in sorted(self.done_parts(table))]
 
     def model_dir(self, name: str) -> Path:
         d = self.path / "models" / name
@@ -261,6 +271,12 @@ class Run:
         with self.writing(table, source, overwrite, **info):
             return self._write(table, parts, meta, desc,
                                **({"source": source} if source is not None else {}), **info)
+
+    def write_part(self, table: str, i: int, df: pd.DataFrame, meta: pd.DataFrame) -> int:
+        """Write partition ``i`` of ``table`` now (inside ``writing``; then
+        ``mark_complete``), for a stage whose partitions are made one after another
+        because each depends on those before; return its rows."""
+        return write_frame(df, self.part_path(table, i), arrow_schema(meta))
 
     def _write(self, table: str, parts: Sequence[Delayed], meta: pd.DataFrame,
                desc: str | None, **info: Any) -> StageResult:

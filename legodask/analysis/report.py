@@ -1,11 +1,11 @@
-"""``RUN/report.html``: one self-contained page with the run's plots and counts.
+"""The run's report: one self-contained HTML page with the run's plots and counts.
 
 Plots are matplotlib (Agg) PNGs embedded as base64, so the file can be mailed or
 opened offline.  The data come from DuckDB queries over the run's tables (unique
 crystals only, sampled when there are very many), never from a whole table in
 memory:
 
-* the counts funnel and the Table IV row (``metrics.json``, computed when missing);
+* the counts funnel and the Table IV row (the run's metrics, computed afresh);
 * energy above the ground state of training vs generated crystals (like the paper's
   Fig. 3b): the generated ones with the run's model, the training ones with the same
   model when the training table was ranked, else with the source's VASP energies
@@ -16,7 +16,6 @@ memory:
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -25,23 +24,23 @@ from typing import Any
 
 import pandas as pd
 
-from . import dedup as D
-from . import fingerprint as F
+from .. import schema as S
+from .. import store
+from ..store import Run
 from . import metrics as M
 from .query import columns, connect
-from .store import Run
 
 MAX_POINTS = 20_000
 # The training source's DFT energies (SACADA's key) and their ground state: graphite
 # with VASP r2SCAN, eV/atom (the paper).
 VASP_GRAPHITE = -9.355
-TRAIN_DFT = ("vasp_energy", VASP_GRAPHITE, "VASP r2SCAN, from the source")
+TRAIN_DFT = (S.VASP_ENERGY, VASP_GRAPHITE, "VASP r2SCAN, from the source")
 
 
 def load_metrics(run: Run, window: float = M.WINDOW) -> dict[str, Any]:
-    """The run's metrics, computed afresh and written to ``RUN/metrics.json``
+    """The run's metrics, computed afresh and written to the run's metrics file
     (an overlap matrix already there, from ``metrics --compare``, is kept)."""
-    path = run.file("metrics.json")
+    path = run.file(store.METRICS)
     old = json.loads(path.read_text()) if path.exists() else {}
     metrics = M.compute_metrics(run, window)
     if "overlap" in old:
@@ -54,16 +53,16 @@ def generated(con: Any, tables: set[str], model: str | None) -> pd.DataFrame:
     """Unique generated crystals: atoms in the primitive cell, space group, free
     variables and (when ranked) energy above the ground state; a random sample of
     at most ``MAX_POINTS``."""
-    if D.TABLE not in tables:
+    if S.FINGERPRINTS not in tables:
         return pd.DataFrame()
-    source = "ranked" if "ranked" in tables else None
+    source = S.RANKED if S.RANKED in tables else None
     cols = columns(con, source) if source else []
-    picks = {"dof": "dof", f"{M.ENERGY_PREFIX}{model}": "e_above"}
+    picks = {S.DOF: S.DOF, f"{S.E_ABOVE}{model}": "e_above"}
     extra = "".join(f', r."{c}" AS {name}' for c, name in picks.items() if c in cols)
-    join = f'JOIN "{source}" r ON f.id = r.id' if source else ""
+    join = f'JOIN "{source}" r ON f.{S.ID} = r.{S.ID}' if source else ""
     return con.execute(f"""
-        SELECT f.{F.FP_NATOMS} AS natoms, f.{F.FP_SPG} AS spg {extra}
-        FROM {D.TABLE} f {join} WHERE f.{F.FP_DATA} IS NOT NULL
+        SELECT f.{S.FP_NATOMS} AS {S.NATOMS}, f.{S.FP_SPG} AS {S.SPG} {extra}
+        FROM {S.FINGERPRINTS} f {join} WHERE f.{S.FP_DATA} IS NOT NULL
         USING SAMPLE reservoir({MAX_POINTS} ROWS) REPEATABLE (1)""").df()
 
 
@@ -71,22 +70,22 @@ def training(con: Any, tables: set[str], model: str | None) -> tuple[pd.DataFram
     """Training crystals with their energy above the ground state (``e_above``): with
     ``model`` when the source was ranked with it, else the source's DFT energy above
     graphite; and a label saying which."""
-    if M.TRAIN_TABLE not in tables or M.TRAIN_SOURCE not in tables:
+    if S.TRAIN_FINGERPRINTS not in tables or S.INGESTED not in tables:
         return pd.DataFrame(), ""
-    cols = columns(con, M.TRAIN_SOURCE)
-    own, (dft, ground, dft_label) = f"{M.ENERGY_PREFIX}{model}", TRAIN_DFT
+    cols = columns(con, S.INGESTED)
+    own, (dft, ground, dft_label) = f"{S.E_ABOVE}{model}", TRAIN_DFT
     if own in cols:
         energy, label = f', i."{own}" AS e_above', f"{model}, this run"
     elif dft in cols:
         energy, label = f', i."{dft}" - ({ground}) AS e_above', dft_label
     else:
         energy, label = "", ""
-    dof = ", i.dof" if "dof" in cols else ""
-    kept = "AND i.train" if "train" in cols else ""  # the training set, not all ingested
+    dof = f", i.{S.DOF}" if S.DOF in cols else ""
+    kept = f"AND i.{S.TRAIN}" if S.TRAIN in cols else ""  # the training set, not all ingested
     return con.execute(f"""
-        SELECT t.{F.FP_NATOMS} AS natoms, t.{F.FP_SPG} AS spg {dof} {energy}
-        FROM {M.TRAIN_TABLE} t JOIN {M.TRAIN_SOURCE} i ON t.id = i.id
-        WHERE t.{F.FP_DATA} IS NOT NULL {kept}""").df(), label
+        SELECT t.{S.FP_NATOMS} AS {S.NATOMS}, t.{S.FP_SPG} AS {S.SPG} {dof} {energy}
+        FROM {S.TRAIN_FINGERPRINTS} t JOIN {S.INGESTED} i ON t.{S.ID} = i.{S.ID}
+        WHERE t.{S.FP_DATA} IS NOT NULL {kept}""").df(), label
 
 
 def _png(fig: Any) -> str:
@@ -157,13 +156,13 @@ def plot_complexity(gen: pd.DataFrame, train: pd.DataFrame, model: str | None,
     and free variables (paper Fig. 5), or histograms of them without energies."""
     import matplotlib.pyplot as plt
 
-    xs = [c for c in ("natoms", "spg", "dof") if c in gen.columns]
+    xs = [c for c in (S.NATOMS, S.SPG, S.DOF) if c in gen.columns]
     if gen.empty or not xs:
         return None
     with_e = "e_above" in gen.columns and gen["e_above"].notna().any()
     fig, axes = plt.subplots(1, len(xs), figsize=(4 * len(xs), 3.2), squeeze=False)
-    names = {"natoms": "atoms in the primitive cell", "spg": "space group",
-             "dof": "free variables"}
+    names = {S.NATOMS: "atoms in the primitive cell", S.SPG: "space group",
+             S.DOF: "free variables"}
     for ax, x in zip(axes[0], xs):
         if with_e:
             if "e_above" in train.columns and x in train.columns:
@@ -217,14 +216,14 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}<
 
 
 def write_report(run: Run, window: float = M.WINDOW, model: str | None = None) -> dict[str, Any]:
-    """Write ``RUN/report.html``; return the metrics it shows."""
+    """Write the run's report page; return the metrics it shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     metrics = load_metrics(run, window)
     model = model or (metrics.get("models") or [None])[-1]
     tables = set(run.tables())
-    if M.TRAIN_SOURCE in tables and D.TABLE in tables:
+    if S.INGESTED in tables and S.FINGERPRINTS in tables:
         M.train_fingerprints(run)
         tables = set(run.tables())
     con = connect(run)
@@ -235,22 +234,5 @@ def write_report(run: Run, window: float = M.WINDOW, model: str | None = None) -
                        ("Complexity", plot_complexity(gen, train, model, label))):
         if png:
             images[title] = png
-    run.file("report.html").write_text(render(run, metrics, images))
+    run.file(store.REPORT).write_text(render(run, metrics, images))
     return metrics
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--window", type=float, default=M.WINDOW,
-                   help="eV/atom window of low energy (when metrics.json is computed)")
-    p.add_argument("--model", help="energy model to plot (default: the last ranked)")
-
-
-def command(args: argparse.Namespace) -> int:
-    run = Run(args.run, create=False)
-    metrics = write_report(run, args.window, args.model)
-    print(M.table_iv(metrics, run.path.name))
-    for note in metrics.get("notes", []):
-        print(f"note: {note}")
-    print(f"wrote {run.file('report.html')}")
-    return 0

@@ -8,8 +8,6 @@ gets the counts it can have.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -18,37 +16,35 @@ from typing import Any
 
 import pandas as pd
 
+from .. import schema as S
+from .. import store
+from ..store import Run
 from . import dedup as D
-from . import fingerprint as F
-from . import schema as S
-from .query import columns, connect, sql_list, table_files
-from .store import Run
+from .query import columns, connect, sql_list
 
 log = logging.getLogger("legodask")
 
 WINDOW = 0.5                 # eV/atom above the ground state: "low energy"
 CUBIC = 195                  # space groups 195-230
-TRAIN_TABLE = "train_fingerprints"
-TRAIN_SOURCE = "ingested"
 COUNTS = ["n_total", "n_valid_xtal", "n_valid_env", "n_unique", "n_train",
           "n_lowE_all", "n_lowE_cubic"]
-ENERGY_PREFIX = "e_above_"
 
 
 def energy_models(con: Any, table: str) -> list[str]:
     """Energy models with an ``e_above_<model>`` column in ``table``, in column order."""
-    return [c[len(ENERGY_PREFIX):] for c in columns(con, table) if c.startswith(ENERGY_PREFIX)]
+    return [c[len(S.E_ABOVE):] for c in columns(con, table) if c.startswith(S.E_ABOVE)]
 
 
 def train_fingerprints(run: Run, matcher: str = "env") -> list[Path]:
     """Fingerprints of the run's training structures (``ingested``), made once."""
-    if not run.is_complete(TRAIN_TABLE):
-        D.dedup(run, TRAIN_SOURCE, TRAIN_TABLE, matcher=matcher, require=["valid_xtal"])
-    return table_files(run, TRAIN_TABLE)
+    if not run.is_complete(S.TRAIN_FINGERPRINTS):
+        D.dedup(run, S.INGESTED, S.TRAIN_FINGERPRINTS, matcher=matcher,
+                require=[S.VALID_XTAL])
+    return run.part_files(S.TRAIN_FINGERPRINTS)
 
 
 def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
-                    energy_table: str = "ranked") -> dict[str, Any]:
+                    energy_table: str = S.RANKED) -> dict[str, Any]:
     """The Table IV counts of ``run`` and notes on the ones it cannot have."""
     con = connect(run)
     tables = set(run.tables())
@@ -58,43 +54,45 @@ def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
     def scalar(sql: str) -> int:
         return int(con.execute(sql).fetchone()[0] or 0)
 
-    if "samples" in tables:
-        out["n_total"] = scalar("SELECT count(*) FROM samples")
-        if "valid_xtal" in columns(con, "samples"):
-            out["n_valid_xtal"] = scalar("SELECT count(*) FROM samples WHERE valid_xtal")
+    if S.SAMPLES in tables:
+        out["n_total"] = scalar(f"SELECT count(*) FROM {S.SAMPLES}")
+        if S.VALID_XTAL in columns(con, S.SAMPLES):
+            out["n_valid_xtal"] = scalar(f"SELECT count(*) FROM {S.SAMPLES} "
+                                         f"WHERE {S.VALID_XTAL}")
         else:
-            notes.append("samples has no valid_xtal column (not decoded)")
+            notes.append(f"{S.SAMPLES} has no {S.VALID_XTAL} column (not decoded)")
     else:
-        notes.append("no samples table: n_total and n_valid_xtal unknown")
-    if "prerelaxed" in tables and "valid_env" in columns(con, "prerelaxed"):
-        out["n_valid_env"] = scalar("SELECT count(*) FROM prerelaxed WHERE valid_env")
+        notes.append(f"no {S.SAMPLES} table: n_total and n_valid_xtal unknown")
+    if S.PRERELAXED in tables and S.VALID_ENV in columns(con, S.PRERELAXED):
+        out["n_valid_env"] = scalar(f"SELECT count(*) FROM {S.PRERELAXED} WHERE {S.VALID_ENV}")
     else:
-        notes.append("no prerelaxed table with valid_env: n_valid_env unknown")
+        notes.append(f"no {S.PRERELAXED} table with {S.VALID_ENV}: n_valid_env unknown")
 
-    if D.TABLE not in tables:
-        notes.append("no fingerprints table (run `legodask dedup`): n_unique, n_train "
+    if S.FINGERPRINTS not in tables:
+        notes.append(f"no {S.FINGERPRINTS} table (run `legodask dedup`): n_unique, n_train "
                      "and low-energy counts unknown")
         return {**out, "window": window, "notes": notes}
-    out["n_unique"] = scalar(f"SELECT count(DISTINCT {D.FIRST_ID}) FROM {D.TABLE} "
+    out["n_unique"] = scalar(f"SELECT count(DISTINCT {S.FIRST_ID}) FROM {S.FINGERPRINTS} "
                              f"WHERE {S.FINGERPRINT} IS NOT NULL")
-    fp_files = table_files(run, D.TABLE)
-    if TRAIN_SOURCE in tables:
+    fp_files = run.part_files(S.FINGERPRINTS)
+    if S.INGESTED in tables:
         out["n_train"] = D.overlap(train_fingerprints(run, matcher), fp_files, matcher)
     else:
-        notes.append(f"no {TRAIN_SOURCE} table: n_train unknown")
+        notes.append(f"no {S.INGESTED} table: n_train unknown")
 
     source = energy_table
     models = energy_models(con, source) if source in tables else []
     if not models:
-        notes.append(f"no e_above_<model> columns in {source!r}: low-energy counts unknown")
+        notes.append(f"no {S.E_ABOVE}<model> columns in {source!r}: low-energy counts "
+                     "unknown")
     else:
         out["n_lowE_all"], out["n_lowE_cubic"] = {}, {}
         for m in models:
             all_, cubic = con.execute(f"""
-                SELECT count(DISTINCT f.{D.FIRST_ID}),
-                       count(DISTINCT f.{D.FIRST_ID}) FILTER (WHERE f.{F.FP_SPG} >= {CUBIC})
-                FROM {D.TABLE} f JOIN "{source}" r ON f.id = r.id
-                WHERE f.{S.FINGERPRINT} IS NOT NULL AND r.{ENERGY_PREFIX}{m} <= ?""",
+                SELECT count(DISTINCT f.{S.FIRST_ID}),
+                       count(DISTINCT f.{S.FIRST_ID}) FILTER (WHERE f.{S.FP_SPG} >= {CUBIC})
+                FROM {S.FINGERPRINTS} f JOIN "{source}" r ON f.{S.ID} = r.{S.ID}
+                WHERE f.{S.FINGERPRINT} IS NOT NULL AND r.{S.E_ABOVE}{m} <= ?""",
                                       [window]).fetchone()
             out["n_lowE_all"][m], out["n_lowE_cubic"][m] = int(all_), int(cubic)
     return {**out, "window": window, "models": models, "notes": notes}
@@ -125,7 +123,7 @@ def _n_unique(files: Sequence[Path]) -> int:
     import duckdb
 
     return int(duckdb.connect().execute(
-        f"SELECT count(DISTINCT {D.FIRST_ID}) FROM read_parquet({sql_list(list(files))}) "
+        f"SELECT count(DISTINCT {S.FIRST_ID}) FROM read_parquet({sql_list(list(files))}) "
         f"WHERE {S.FINGERPRINT} IS NOT NULL").fetchone()[0])
 
 
@@ -145,9 +143,8 @@ def table_iv(metrics: dict[str, Any], name: str) -> str:
 
 
 def write_metrics(run: Run, metrics: dict[str, Any]) -> Path:
-    path = run.file("metrics.json")
-    path.write_text(json.dumps(metrics, indent=1, default=_json_default))
-    return path
+    """Write the run's metrics file (atomically); return its path."""
+    return store.write_json(run.file(store.METRICS), metrics, default=_json_default)
 
 
 def _json_default(v: Any) -> Any:
@@ -156,33 +153,3 @@ def _json_default(v: Any) -> Any:
     if hasattr(v, "item"):
         return v.item()
     raise TypeError(f"cannot write {type(v).__name__} to JSON")
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--window", type=float, default=WINDOW,
-                   help="eV/atom above the ground state counted as low energy")
-    p.add_argument("--matcher", choices=F.MATCHERS, default="env",
-                   help="fine comparison for n_train and overlaps")
-    p.add_argument("--energy-table", default="ranked",
-                   help="table with the e_above_<model> columns")
-    p.add_argument("--compare", action="append", default=[],
-                   help="another run: print the overlap matrix (Table III) with it "
-                        "(repeatable)")
-
-
-def command(args: argparse.Namespace) -> int:
-    run = Run(args.run, create=False)
-    metrics = compute_metrics(run, args.window, args.matcher, args.energy_table)
-    if args.compare:
-        train = run.path if TRAIN_SOURCE in run.tables() else None
-        mat = overlap_matrix([run.path, *args.compare], train, args.matcher)
-        metrics["overlap"] = mat.to_dict()
-        print("Shared unique crystals (Table III):")
-        print(mat.to_string())
-    path = write_metrics(run, metrics)
-    print(table_iv(metrics, run.path.name))
-    for note in metrics["notes"]:
-        print(f"note: {note}")
-    print(f"wrote {path}")
-    return 0

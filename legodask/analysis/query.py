@@ -4,12 +4,12 @@ DuckDB reads the partition files directly and streams them, so a query over a
 table of millions of rows needs memory for its result, not for the table.  A query
 is one SELECT statement and reaches the run's tables and nothing else (``connect``):
 a run directory may come from someone else, and ``legodask query`` must not read or
-write other files on their behalf.  ``--out`` is written here, from the result.
+write other files on their behalf.  ``query``'s ``out`` is written here, from the
+result.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 from collections.abc import Callable
 from itertools import takewhile
@@ -20,14 +20,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .store import Run
+from ..store import Run
 
 BATCH_ROWS = 100_000  # rows of a query's result held in memory at a time
-
-
-def table_files(run: Run, table: str) -> list[Path]:
-    """The partition files of a run's table, in order."""
-    return [run.part_path(table, i) for i in sorted(run.done_parts(table))]
 
 
 def sql_list(files: list[Path]) -> str:
@@ -46,7 +41,7 @@ def connect(run: Run) -> Any:
                                  "autoload_known_extensions": False})
     allowed: list[str] = []
     for table in run.tables():
-        files = [f.resolve() for f in table_files(run, table)]
+        files = [f.resolve() for f in run.part_files(table)]
         if files:
             con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM '
                         f"read_parquet({sql_list(files)}, union_by_name=true)")
@@ -139,21 +134,3 @@ def _writer(out: Path, schema: pa.Schema,
     f = stack.enter_context(out.open("w", newline=""))
     pd.DataFrame(columns=schema.names).to_csv(f, index=False)
     return lambda batch: batch.to_pandas().to_csv(f, header=False, index=False)
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run directory")
-    p.add_argument("sql", help='SQL; each table is a view, e.g. "SELECT spg, count(*) '
-                   'FROM samples GROUP BY spg"')
-    p.add_argument("--out", help="write the whole result to FILE.csv or FILE.parquet")
-    p.add_argument("--max-rows", type=int, default=50, help="rows to print")
-
-
-def command(args: argparse.Namespace) -> int:
-    run = Run(args.run, create=False)
-    df = query(run, args.sql, args.out, args.max_rows)
-    with pd.option_context("display.max_columns", 30, "display.width", 200):
-        print(df.to_string(index=False))
-    if args.out:
-        print(f"wrote {args.out}")
-    return 0

@@ -1,6 +1,6 @@
 """Incremental deduplication: each batch is joined against every crystal seen so far.
 
-The seen set is a Parquet table (``RUN/fingerprints.parquet``), one part per
+The seen set is a Parquet table (the run's ``fingerprints``), one part per
 partition of the input, holding for every input row its fingerprint and
 
 * ``is_new``: the row is the first occurrence of its crystal among everything
@@ -21,7 +21,6 @@ on the cluster, a window of partitions at a time; the joins run in order.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -31,20 +30,16 @@ from typing import Any
 import dask
 import pandas as pd
 
-from . import fingerprint as F
-from . import schema as S
-from .cluster import compute
+from ..crystal import fingerprint as F
+from .. import schema as S
+from ..store import Run, StageResult
 from .query import sql_list
-from .query import table_files as table_files_of
-from .store import Run, StageResult, arrow_schema, write_frame
 
 log = logging.getLogger("legodask")
 
-TABLE = "fingerprints"
-IS_NEW = "is_new"
-FIRST_ID = "first_id"
-DTYPES = {"id": "object", **F.FP_DTYPES, IS_NEW: "bool", FIRST_ID: "object"}
-DEFAULT_REQUIRE = ("valid_xtal", "valid_env")
+DTYPES = {S.ID: "object", **S.FP_DTYPES, S.IS_NEW: "bool", S.FIRST_ID: "object"}
+DEFAULT_REQUIRE = (S.VALID_XTAL, S.VALID_ENV)
+OWN = "own"          # a candidate's flag: from this run (not an ``against`` table)
 
 
 def empty() -> pd.DataFrame:
@@ -58,10 +53,10 @@ def fingerprint_part(df: pd.DataFrame, tag: str, geometry: str | None = None,
     """Kernel: fingerprint a partition, keep only ``id`` and the fingerprint columns
     (rows without an id are named ``<tag>-<row>``)."""
     fp = F.fingerprint_frame(df, geometry, symprec, require)
-    ids = fp["id"] if "id" in fp.columns else pd.Series([None] * len(fp), index=fp.index)
+    ids = fp[S.ID] if S.ID in fp.columns else pd.Series([None] * len(fp), index=fp.index)
     fallback = pd.Series([f"{tag}-{k}" for k in range(len(fp))], index=fp.index)
-    fp["id"] = ids.where(ids.notna(), fallback).astype(object)
-    return fp[["id", *F.FP_DTYPES]].reset_index(drop=True)
+    fp[S.ID] = ids.where(ids.notna(), fallback).astype(object)
+    return fp[[S.ID, *S.FP_DTYPES]].reset_index(drop=True)
 
 
 def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
@@ -74,7 +69,7 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
     compared with the new crystals of earlier rows of the batch.
     """
     buckets: dict[str, list[tuple[int, str, str, bool]]] = defaultdict(list)
-    cols = [S.FINGERPRINT, F.FP_VBIN, F.FP_DATA, FIRST_ID, "own"]
+    cols = [S.FINGERPRINT, S.FP_VBIN, S.FP_DATA, S.FIRST_ID, OWN]
     for key, vbin, data, first, own in seen[cols].itertuples(index=False, name=None):
         buckets[key].append((int(vbin), data, first, bool(own)))
     marks: list[tuple[bool, str | None, str | None]] = []    # is_new, first_id, fp_data
@@ -83,7 +78,7 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
         if key is None or pd.isna(key):
             marks.append((False, None, None))
             continue
-        vbin, mine = int(getattr(row, F.FP_VBIN)), getattr(row, F.FP_DATA)
+        vbin, mine = int(getattr(row, S.FP_VBIN)), getattr(row, S.FP_DATA)
         cands = [c for c in buckets[key] if abs(c[0] - vbin) <= 1]
         match = next((c for c in cands
                       if F.same_structure(c[1], mine, matcher, env_tol, vol_tol)), None)
@@ -97,9 +92,9 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
             buckets[key].append((vbin, mine, match[2], True))
     is_new, first_id, data = zip(*marks) if marks else ((), (), ())
     out = batch.copy()
-    out[F.FP_DATA] = pd.Series(list(data), index=batch.index, dtype=object)
-    out[IS_NEW] = pd.Series(list(is_new), index=batch.index, dtype=bool)
-    out[FIRST_ID] = pd.Series(list(first_id), index=batch.index, dtype=object)
+    out[S.FP_DATA] = pd.Series(list(data), index=batch.index, dtype=object)
+    out[S.IS_NEW] = pd.Series(list(is_new), index=batch.index, dtype=bool)
+    out[S.FIRST_ID] = pd.Series(list(first_id), index=batch.index, dtype=object)
     return out[list(DTYPES)]
 
 
@@ -107,13 +102,13 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
 # the seen set: DuckDB over Parquet
 # ---------------------------------------------------------------------------
 
-def table_files(path: str | Path, table: str = TABLE) -> list[Path]:
+def table_files(path: str | Path, table: str = S.FINGERPRINTS) -> list[Path]:
     """Part files of a fingerprints table given as a run directory (its ``table``)
     or as the table's own directory (``RUN/<name>.parquet``)."""
     p = Path(path)
     if p.suffix == ".parquet":
         p, table = p.parent, p.stem
-    files = table_files_of(Run(p), table) if p.is_dir() else []
+    files = Run(p, create=False).part_files(table) if p.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no {table} table at {path} (run `legodask dedup` there)")
     return files
@@ -123,8 +118,8 @@ def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],
                     batch: pd.DataFrame) -> pd.DataFrame:
     """Crystals of ``sources`` (``(files, own)`` pairs, earliest first) whose key
     equals a key of ``batch`` within one volume bin: the inner join."""
-    keys = batch.loc[batch[S.FINGERPRINT].notna(), [S.FINGERPRINT, F.FP_VBIN]].drop_duplicates()
-    cols = ["id", S.FINGERPRINT, F.FP_VBIN, F.FP_DATA, FIRST_ID, "own"]
+    keys = batch.loc[batch[S.FINGERPRINT].notna(), [S.FINGERPRINT, S.FP_VBIN]].drop_duplicates()
+    cols = [S.ID, S.FINGERPRINT, S.FP_VBIN, S.FP_DATA, S.FIRST_ID, OWN]
     if keys.empty:
         return pd.DataFrame(columns=cols)
     con.register("batch_keys", keys)
@@ -133,12 +128,12 @@ def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],
         if not files:
             continue
         frames.append(con.execute(f"""
-            SELECT s.id, s.{S.FINGERPRINT}, s.{F.FP_VBIN}, s.{F.FP_DATA}, s.{FIRST_ID},
-                   {bool(own)} AS own
+            SELECT s.{S.ID}, s.{S.FINGERPRINT}, s.{S.FP_VBIN}, s.{S.FP_DATA}, s.{S.FIRST_ID},
+                   {bool(own)} AS {OWN}
             FROM read_parquet({sql_list(files)}, filename=true, file_row_number=true) s
-            WHERE s.{F.FP_DATA} IS NOT NULL AND EXISTS (
+            WHERE s.{S.FP_DATA} IS NOT NULL AND EXISTS (
                 SELECT 1 FROM batch_keys b WHERE b.{S.FINGERPRINT} = s.{S.FINGERPRINT}
-                AND abs(b.{F.FP_VBIN} - s.{F.FP_VBIN}) <= 1)
+                AND abs(b.{S.FP_VBIN} - s.{S.FP_VBIN}) <= 1)
             ORDER BY s.filename, s.file_row_number""").df())
     con.unregister("batch_keys")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols)
@@ -158,13 +153,13 @@ def overlap(a_files: Sequence[Path], b_files: Sequence[Path], matcher: str = "en
 
     if not a_files or not b_files:
         return 0
-    vbin = "" if scale else f"AND abs(a.{F.FP_VBIN} - b.{F.FP_VBIN}) <= 1"
+    vbin = "" if scale else f"AND abs(a.{S.FP_VBIN} - b.{S.FP_VBIN}) <= 1"
     res = duckdb.connect().execute(f"""
-        SELECT a.{FIRST_ID}, a.{F.FP_DATA}, b.{F.FP_DATA}
+        SELECT a.{S.FIRST_ID}, a.{S.FP_DATA}, b.{S.FP_DATA}
         FROM read_parquet({sql_list(a_files)}) a
         JOIN read_parquet({sql_list(b_files)}) b
           ON a.{S.FINGERPRINT} = b.{S.FINGERPRINT} {vbin}
-        WHERE a.{F.FP_DATA} IS NOT NULL AND b.{F.FP_DATA} IS NOT NULL""")
+        WHERE a.{S.FP_DATA} IS NOT NULL AND b.{S.FP_DATA} IS NOT NULL""")
     found: set[str] = set()
     while rows := res.fetchmany(chunk):
         for first, da, db in rows:
@@ -175,33 +170,42 @@ def overlap(a_files: Sequence[Path], b_files: Sequence[Path], matcher: str = "en
 
 
 # ---------------------------------------------------------------------------
-# the stage
+# a table, batch by batch
 # ---------------------------------------------------------------------------
 
-def dedup(run: Run, input: str = "ranked", output: str = TABLE,
+def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
           against: Sequence[str | Path] = (), geometry: str | None = None,
           symprec: float = F.SYMPREC, matcher: str = "env", env_tol: float = F.ENV_TOL,
           vol_tol: float = F.VOL_TOL, require: Sequence[str] = DEFAULT_REQUIRE,
           window: int = 8) -> StageResult:
-    """Fingerprint table ``input`` and dedup it, batch by batch, into ``output``."""
+    """Fingerprint table ``input`` and dedup it, batch by batch, into ``output``:
+    ``window`` partitions are fingerprinted in parallel, then joined in order.  The
+    table records what it is made from (``Run.writing``): a rerun with other input or
+    options is refused."""
+    import dask
     import duckdb
+
+    from ..cluster import compute
 
     if matcher not in F.MATCHERS:
         raise ValueError(f"matcher must be one of {F.MATCHERS}, not {matcher!r}")
     parts = run.read(input).to_delayed()
-    run.table_path(output).mkdir(parents=True, exist_ok=True)
-    done = run.done_parts(output)
-    todo = [i for i in range(len(parts)) if i not in done]
-    others = [(table_files(a), False) for a in against]
-    con = duckdb.connect()
-    rows = 0
-    for chunk in _batched(todo, window):
-        tasks = [dask.delayed(fingerprint_part)(parts[i], f"{input}-{i}", geometry, symprec,
-                                                list(require)) for i in chunk]
-        for i, batch in zip(chunk, compute(tasks, desc=f"{output} fingerprints")):
-            rows += join_batch(run, output, i, batch, others, con, matcher, env_tol, vol_tol)
-    run.mark_complete(output, len(parts), source=input, against=[str(a) for a in against],
-                      geometry=geometry, matcher=matcher, symprec=symprec)
+    made_with = dict(against=[str(a) for a in against], geometry=geometry, matcher=matcher,
+                     symprec=symprec)
+    with run.writing(output, input, env_tol=env_tol, vol_tol=vol_tol, require=list(require),
+                     **made_with):
+        done = run.done_parts(output)
+        todo = [i for i in range(len(parts)) if i not in done]
+        others = [(table_files(a), False) for a in against]
+        con = duckdb.connect()
+        rows = 0
+        for chunk in _batched(todo, window):
+            tasks = [dask.delayed(fingerprint_part)(parts[i], f"{input}-{i}", geometry,
+                                                    symprec, list(require)) for i in chunk]
+            for i, batch in zip(chunk, compute(tasks, desc=f"{output} fingerprints")):
+                rows += join_batch(run, output, i, batch, others, con, matcher, env_tol,
+                                   vol_tol)
+        run.mark_complete(output, len(parts), source=input, **made_with)
     result = StageResult(output, len(todo), len(done), rows)
     log.info("%s", result)
     return result
@@ -216,8 +220,8 @@ def join_batch(run: Run, output: str, i: int, batch: pd.DataFrame,
     own = [run.part_path(output, j) for j in sorted(run.done_parts(output)) if j < i]
     seen = seen_candidates(con, [*others, (own, True)], batch)
     out = assign(batch, seen, matcher, env_tol, vol_tol)
-    n = write_frame(out, run.part_path(output, i), arrow_schema(empty()))
-    log.info("%s part %d: %d rows, %d new", output, i, n, int(out[IS_NEW].sum()))
+    n = run.write_part(output, i, out, empty())
+    log.info("%s part %d: %d rows, %d new", output, i, n, int(out[S.IS_NEW].sum()))
     return n
 
 
@@ -228,35 +232,4 @@ def _batched(items: Sequence[int], n: int) -> Iterator[Sequence[int]]:
 
 def default_input(run: Run) -> str:
     """``ranked`` when the run has it, else ``prerelaxed``."""
-    return "ranked" if run.done_parts("ranked") else "prerelaxed"
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--input", help="table to dedup (default: ranked, else prerelaxed)")
-    p.add_argument("--output", default=TABLE, help="fingerprints table to write or extend")
-    p.add_argument("--against", action="append", default=[],
-                   help="other run directories or fingerprints tables (comma-separated, "
-                        "repeatable) whose crystals count as already seen")
-    p.add_argument("--geometry", help="fingerprint the relaxed_<MODEL> geometry "
-                   "(default: the row's own)")
-    p.add_argument("--symprec", type=float, default=F.SYMPREC, help="spglib tolerance (Å)")
-    p.add_argument("--matcher", choices=F.MATCHERS, default="env",
-                   help="fine comparison: environments and volume (env), then also "
-                        "pymatgen's StructureMatcher (pymatgen)")
-    p.add_argument("--env-tol", type=float, default=F.ENV_TOL, help="Å")
-    p.add_argument("--vol-tol", type=float, default=F.VOL_TOL, help="relative")
-    p.add_argument("--require", default=",".join(DEFAULT_REQUIRE),
-                   help="boolean columns a row needs (those present) to be fingerprinted")
-    p.add_argument("--window", type=int, default=8,
-                   help="partitions fingerprinted in parallel before their joins")
-
-
-def command(args: argparse.Namespace) -> int:
-    run = Run(args.run)
-    against = [a for arg in args.against for a in arg.split(",") if a]
-    result = dedup(run, args.input or default_input(run), args.output, against,
-                   args.geometry, args.symprec, args.matcher, args.env_tol, args.vol_tol,
-                   [c for c in args.require.split(",") if c], args.window)
-    print(result)
-    return 0
+    return S.RANKED if run.done_parts(S.RANKED) else S.PRERELAXED

@@ -1,6 +1,6 @@
 """The Python API to a run's tables: each stage's table as a dask DataFrame.
 
->>> from legodask import tables
+>>> from legodask.analysis import tables
 >>> samples = tables.load("runs/quick", "samples")          # lazy, one partition per file
 >>> samples.valid_xtal.mean().compute()
 >>> unique = tables.unique("runs/quick", "ranked")           # first row of each crystal
@@ -12,10 +12,8 @@ import os
 
 import dask.dataframe as dd
 
-from . import dedup as D
-from . import fingerprint as F
-from . import schema as S
-from .store import Run
+from .. import schema as S
+from ..store import Run
 
 
 def names(run: str | os.PathLike | Run) -> list[str]:
@@ -29,14 +27,14 @@ def load(run: str | os.PathLike | Run, table: str,
     return _run(run).read(table, columns)
 
 
-def unique(run: str | os.PathLike | Run, table: str = "ranked") -> dd.DataFrame:
+def unique(run: str | os.PathLike | Run, table: str = S.RANKED) -> dd.DataFrame:
     """The rows of ``table`` that are the first of their crystal in the run, with
     their fingerprint columns (a lazy join on ``id``)."""
     r = _run(run)
-    fp = r.read(D.TABLE, ["id", S.FINGERPRINT, F.FP_SPG, F.FP_NATOMS, F.FP_DATA, D.IS_NEW,
-                          D.FIRST_ID])
-    fp = fp[fp[F.FP_DATA].notnull()].drop(columns=[F.FP_DATA])
-    return r.read(table).merge(fp, on="id", how="inner")
+    fp = r.read(S.FINGERPRINTS, [S.ID, S.FINGERPRINT, S.FP_SPG, S.FP_NATOMS, S.FP_DATA,
+                                 S.IS_NEW, S.FIRST_ID])
+    fp = fp[fp[S.FP_DATA].notnull()].drop(columns=[S.FP_DATA])
+    return r.read(table).merge(fp, on=S.ID, how="inner")
 
 
 def _run(run: str | os.PathLike | Run) -> Run:

@@ -8,7 +8,6 @@ filled ``relaxed_<model>`` column, or ``--geometry MODEL``), else as its row.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 from collections.abc import Iterator
@@ -17,18 +16,19 @@ from typing import Any
 
 from ase import Atoms
 
-from . import dedup as D
-from . import fingerprint as F
+from ..crystal import fingerprint as F
+from .. import schema as S
+from ..store import Run
 from .query import columns, condition, connect, reason
-from .store import Run
 
 log = logging.getLogger("legodask")
 
 FORMATS = ("cif", "extxyz", "ase-db")
-RELAXED = "relaxed_"
 # Scalar columns worth carrying into extxyz info / ASE db key-value pairs.
-_KEEP = re.compile(r"^(id|source|parent_id|spg|natoms|dof|loss|valid_env|energy_.*|"
-                   r"e_above_.*|fingerprint|fp_spg|is_new|first_id)$")
+_KEEP = re.compile("^(" + "|".join(
+    [*map(re.escape, [S.ID, S.SOURCE, S.PARENT_ID, S.SPG, S.NATOMS, S.DOF, S.LOSS,
+                      S.VALID_ENV, S.FINGERPRINT, S.FP_SPG, S.IS_NEW, S.FIRST_ID]),
+     *(re.escape(prefix) + ".*" for prefix in (S.ENERGY, S.E_ABOVE))]) + ")$")
 
 
 def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
@@ -43,7 +43,8 @@ def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
     con = connect(run)
     cond = [f"({condition(where)})"] if where else []
     if unique:
-        cond.append(f"id IN (SELECT id FROM {D.TABLE} WHERE {F.FP_DATA} IS NOT NULL)")
+        cond.append(f"{S.ID} IN (SELECT {S.ID} FROM {S.FINGERPRINTS} "
+                    f"WHERE {S.FP_DATA} IS NOT NULL)")
     sql = f'SELECT * FROM "{table}"' + (" WHERE " + " AND ".join(cond) if cond else "")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
@@ -68,7 +69,7 @@ def structure(rec: dict[str, Any], models: list[str], geometry: str | None = Non
     """A row's crystal: ``relaxed_<geometry>``, else its last filled relaxed
     geometry, else the row itself."""
     order = [geometry] if geometry else models[::-1]
-    model = next((m for m in order if F.filled(rec.get(f"{RELAXED}{m}"))), None)
+    model = next((m for m in order if F.filled(rec.get(f"{S.RELAXED}{m}"))), None)
     return F.row_atoms(rec, model)
 
 
@@ -80,7 +81,7 @@ def _info(rec: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for k, v in rec.items():
         if _KEEP.match(k) and F.filled(v):
-            name = "sid" if k == "id" else f"row_{k}" if k in reserved_keys else k
+            name = "sid" if k == S.ID else f"row_{k}" if k in reserved_keys else k
             out[name] = v.item() if hasattr(v, "item") else v
     return out
 
@@ -96,7 +97,8 @@ def export(run: Run, table: str, out: str | Path, fmt: str, where: str | None = 
     selected = rows(run, table, where, unique, limit)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    models = [c[len(RELAXED):] for c in columns(connect(run), table) if c.startswith(RELAXED)]
+    models = [c[len(S.RELAXED):] for c in columns(connect(run), table)
+              if c.startswith(S.RELAXED)]
     db = None
     if fmt == "ase-db":
         import ase.db
@@ -110,11 +112,11 @@ def export(run: Run, table: str, out: str | Path, fmt: str, where: str | None = 
         try:
             atoms = structure(rec, models, geometry)
         except Exception as exc:  # a bad row is reported, the rest is written
-            log.warning("row %s: %s", rec.get("id", k), exc)
+            log.warning("row %s: %s", rec.get(S.ID, k), exc)
             failed += 1
             continue
         info = _info(rec)
-        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec.get("id") or f"row-{k}"))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", str(rec.get(S.ID) or f"row-{k}"))
         if fmt == "cif":
             write(out / f"{name}.cif", atoms, format="cif")
         elif fmt == "extxyz":
@@ -124,22 +126,3 @@ def export(run: Run, table: str, out: str | Path, fmt: str, where: str | None = 
             db.write(atoms, key_value_pairs=info)
         written += 1
     return written, failed
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--table", default="ranked", help="table to export from")
-    p.add_argument("--where", help='SQL condition, e.g. "e_above_mace < 0.5"')
-    p.add_argument("--unique", action="store_true",
-                   help="only the first row of each distinct crystal (needs dedup)")
-    p.add_argument("--format", choices=FORMATS, default="cif")
-    p.add_argument("--geometry", help="use relaxed_<MODEL> (default: the last filled one)")
-    p.add_argument("--limit", type=int, help="at most this many structures")
-    p.add_argument("--out", required=True, help="output folder")
-
-
-def command(args: argparse.Namespace) -> int:
-    written, failed = export(Run(args.run, create=False), args.table, args.out, args.format,
-                             args.where, args.unique, args.geometry, args.limit)
-    print(f"wrote {written} structures to {args.out}" + (f" ({failed} failed)" if failed else ""))
-    return 0

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from .store import Run
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory")
 
 
 def command(args: argparse.Namespace) -> int:
+    from ..store import Run
+
     table = Run(args.run, create=False).status()
     print(table.to_string(index=False) if len(table) else f"{args.run}: no tables yet")
     return 0

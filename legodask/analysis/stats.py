@@ -1,8 +1,9 @@
 """Summaries of a table against its training data and the paper's numbers.
 
-For ``samples``: rows, share of valid crystals, distinct symmetries (space group +
-sorted Wyckoff indices) and how many are new, training rows regenerated, and the
-marginal distributions of cell lengths and angles against the training table (a PNG).
+For ``samples``: rows, share of valid crystals, distinct symmetries (space group and
+Wyckoff positions, ``crystal.convert.symmetry_key``) and how many are new, training
+rows regenerated, and the marginal distributions of cell lengths and angles against
+the training table (a PNG).
 For ``augmented``: the same counts beside the paper's Table I.
 
 Everything is a reduction over partitions.  Regenerated rows are found by a join
@@ -13,8 +14,6 @@ tolerances without comparing all pairs.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,19 +21,23 @@ import dask
 import numpy as np
 import pandas as pd
 
-from . import codec
-from . import schema as S
-from .encode import valid_rows
-from .store import Run
+from .. import schema as S
+from ..crystal.convert import pyxtal_verdicts, symmetry_key
+from ..crystal.decode import only_overlapping
+from ..crystal.frame import to_generators
+from ..models.encoding import valid_rows
+from ..store import Run
 
 # Paper, Table I: rows and unique (spg, Wyckoff) symmetries of the training sets.
 PAPER_TABLE_I = {"raw": (140, 127), "v1-60k": (63_114, 419), "v2-120k": (122_322, 449),
                  "v3-240k": (242_766, 485)}
-TRAINING_OF = {"samples": ("augmented", "ingested"), "augmented": ("ingested",), "ingested": ()}
+TRAINING_OF = {S.SAMPLES: (S.AUGMENTED, S.INGESTED), S.AUGMENTED: (S.INGESTED,),
+               S.INGESTED: ()}
 HIST_RANGE = {"lengths": (0.0, 50.0), "angles": (30.0, 150.0)}
 N_BINS = 100
 _A_BUCKET = 0.5     # Å; at least twice the length tolerance
 _X_BUCKETS = 10     # buckets of x0 over [0, 1); 0.1 at least twice the coordinate tolerance
+_A, _X0 = S.LENGTHS[0], S.XYZ[0][0]   # the bucketed columns: a and x0
 
 
 @dataclass(frozen=True)
@@ -51,39 +54,20 @@ class Tolerance:
                              "coordinates are not supported by the bucketed join")
 
 
-def symmetry_key(df: pd.DataFrame) -> np.ndarray:
-    """One int64 per row: space group and the sorted Wyckoff indices (5 bits each)."""
-    wp = np.sort(df[S.WP].to_numpy(np.int64) + 1, axis=1)   # unused (-1) -> 0
-    key = df["spg"].to_numpy(np.int64)
-    for k in range(S.MAX_SITES):
-        key = key * 32 + wp[:, k]
-    return key
-
-
-def symmetry_label(key: int) -> str:
-    """``spg:i,j,...`` of a symmetry key (Wyckoff indices ascending)."""
-    wp = []
-    for _ in range(S.MAX_SITES):
-        key, d = divmod(int(key), 32)
-        if d:
-            wp.append(d - 1)
-    return f"{key}:" + ",".join(map(str, sorted(wp)))
-
-
-def _symmetries(df: pd.DataFrame) -> set[int]:
-    return set(np.unique(symmetry_key(valid_rows(df))).tolist())
+def _symmetries(df: pd.DataFrame) -> set[str]:
+    return set(symmetry_key(valid_rows(df)))
 
 
 def _counts(df: pd.DataFrame) -> np.ndarray:
     """Rows, valid crystals, and rows invalid only because atoms overlap."""
-    return np.array([len(df), int(df["valid_xtal"].astype(bool).sum()),
-                     int(codec.only_overlapping(df).sum())])
+    return np.array([len(df), int(df[S.VALID_XTAL].astype(bool).sum()),
+                     int(only_overlapping(df).sum())])
 
 
 def _pyxtal_counts(df: pd.DataFrame, k: int) -> np.ndarray:
     """Of the first ``k`` rows: rows, valid by pyxtal's decoder, and of those the
     ones it kept with fewer sites than the row has."""
-    verdicts = codec.pyxtal_verdicts(df.iloc[:k])
+    verdicts = pyxtal_verdicts(df.iloc[:k])
     return np.array([len(verdicts), *verdicts.sum(0)])
 
 
@@ -97,7 +81,7 @@ def _histograms(df: pd.DataFrame) -> np.ndarray:
     return np.array(out)
 
 
-_ORDERED = ["spg", *S.WP]
+_ORDERED = [S.SPG, *S.WP]
 
 
 def _join_keys(df: pd.DataFrame) -> pd.DataFrame:
@@ -116,13 +100,13 @@ def training_keys(df: pd.DataFrame) -> pd.DataFrame:
     """The columns of a training partition that the match needs, with its buckets
     (sites in their generator's form, so that a row naming other atoms of the same
     special orbits matches)."""
-    v = codec.to_generators(valid_rows(df))
+    v = to_generators(valid_rows(df))
     out = _join_keys(v)
-    out["abin"] = np.floor(v["a"].to_numpy(float) / _A_BUCKET).astype(np.int64)
-    out["xbin"] = _x_bucket(v["x0"])
-    out["train_id"] = v["id"].astype(str).to_numpy()
-    parent = v["parent_id"] if "parent_id" in v.columns else v["id"]
-    out["train_parent"] = parent.where(parent.notna(), v["id"]).astype(str).to_numpy()
+    out["abin"] = np.floor(v[_A].to_numpy(float) / _A_BUCKET).astype(np.int64)
+    out["xbin"] = _x_bucket(v[_X0])
+    out["train_id"] = v[S.ID].astype(str).to_numpy()
+    parent = v[S.PARENT_ID] if S.PARENT_ID in v.columns else v[S.ID]
+    out["train_parent"] = parent.where(parent.notna(), v[S.ID]).astype(str).to_numpy()
     for c in [*S.CELL, *S.XYZ_FLAT]:
         out[f"t_{c}"] = v[c].to_numpy(float)
     return out
@@ -131,13 +115,13 @@ def training_keys(df: pd.DataFrame) -> pd.DataFrame:
 def match_training(df: pd.DataFrame, train: pd.DataFrame, tol: Tolerance) -> pd.DataFrame:
     """Pairs (sample ``id``, ``train_id``, ``train_parent``) of the valid rows of a
     partition that equal a training row within ``tol``, both in the generator's form."""
-    v = codec.to_generators(valid_rows(df))
+    v = to_generators(valid_rows(df))
     probe = _join_keys(v)
-    probe["id"] = v["id"].astype(str).to_numpy()
+    probe[S.ID] = v[S.ID].astype(str).to_numpy()
     for c in [*S.CELL, *S.XYZ_FLAT]:
         probe[c] = v[c].to_numpy(float)
-    abin = np.floor(v["a"].to_numpy(float) / _A_BUCKET).astype(np.int64)
-    xbin = _x_bucket(v["x0"])
+    abin = np.floor(v[_A].to_numpy(float) / _A_BUCKET).astype(np.int64)
+    xbin = _x_bucket(v[_X0])
     probes = [probe.assign(abin=abin + da, xbin=(xbin + dx) % _X_BUCKETS)
               for da in (-1, 0, 1) for dx in (-1, 0, 1)]
     keys = [*_ORDERED, *S.EL, "abin", "xbin"]
@@ -152,7 +136,7 @@ def match_training(df: pd.DataFrame, train: pd.DataFrame, tol: Tolerance) -> pd.
         d = np.abs(d - np.round(d))
         ok &= np.where(np.isnan(m[c].to_numpy()), np.isnan(m[f"t_{c}"].to_numpy()),
                        d <= tol.coord)
-    return m.loc[ok, ["id", "train_id", "train_parent"]].drop_duplicates()
+    return m.loc[ok, [S.ID, "train_id", "train_parent"]].drop_duplicates()
 
 
 def table_stats(run: Run, table: str, training: str | None = None,
@@ -179,7 +163,7 @@ def table_stats(run: Run, table: str, training: str | None = None,
     out = dask.compute(*todo)
     (n, n_valid, n_overlap), sym, h, (pn, p_valid, p_lost) = out[:4]
     result: dict[str, Any] = {
-        "table": table, "rows": int(n), "valid_xtal": int(n_valid),
+        "table": table, "rows": int(n), S.VALID_XTAL: int(n_valid),
         "valid_share": float(n_valid / n) if n else 0.0, "overlapping": int(n_overlap),
         "valid_share_no_distance_check": float((n_valid + n_overlap) / n) if n else 0.0,
         "symmetries": len(sym),
@@ -191,12 +175,12 @@ def table_stats(run: Run, table: str, training: str | None = None,
         result.update({
             "training": training, "training_rows": int(tn_valid), "training_symmetries": len(tsym),
             "new_symmetries": len(sym - tsym), "training_symmetries_seen": len(sym & tsym),
-            "rows_regenerating_training": int(m["id"].nunique()),
+            "rows_regenerating_training": int(m[S.ID].nunique()),
             "training_rows_regenerated": int(m["train_id"].nunique()),
             "training_structures_regenerated": int(m["train_parent"].nunique()),
             "tolerance": tol.__dict__})
         result["histograms"]["training"] = np.asarray(th).tolist()
-        result["new_symmetry_examples"] = [symmetry_label(k) for k in sorted(sym - tsym)[:20]]
+        result["new_symmetry_examples"] = sorted(sym - tsym)[:20]
     return result
 
 
@@ -231,7 +215,7 @@ def plot_marginals(stats: dict[str, Any], path: Any) -> None:
 
 def format_stats(stats: dict[str, Any]) -> str:
     """A short plain-text report (with the paper's Table I for ``augmented``)."""
-    lines = [f"table {stats['table']}: {stats['rows']:,} rows, {stats['valid_xtal']:,} valid "
+    lines = [f"table {stats['table']}: {stats['rows']:,} rows, {stats[S.VALID_XTAL]:,} valid "
              f"crystals ({100 * stats['valid_share']:.1f} %), {stats['symmetries']} symmetries"]
     if stats.get("overlapping"):
         lines.append(f"{stats['overlapping']:,} more rows put every site on its Wyckoff position "
@@ -251,43 +235,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"training rows regenerated: {stats['training_rows_regenerated']:,} "
                      f"({stats['training_structures_regenerated']:,} structures) by "
                      f"{stats['rows_regenerating_training']:,} rows")
-    if stats["table"] == "augmented":
+    if stats["table"] == S.AUGMENTED:
         lines.append("\npaper Table I          rows   symmetries")
         for name, (rows, syms) in PAPER_TABLE_I.items():
             lines.append(f"  {name:<16} {rows:>8,} {syms:>8}")
-        lines.append(f"  {'ours':<16} {stats['valid_xtal']:>8,} {stats['symmetries']:>8}")
+        lines.append(f"  {'ours':<16} {stats[S.VALID_XTAL]:>8,} {stats['symmetries']:>8}")
         if "training" in stats:
             lines.append(f"  {'ours, raw':<16} {stats['training_rows']:>8,} "
                          f"{stats['training_symmetries']:>8}")
     return "\n".join(lines)
-
-
-def stats_stage(run: Run, table: str = "samples", training: str | None = None,
-                tol: Tolerance = Tolerance(), pyxtal_rows: int = 2000) -> dict[str, Any]:
-    """Compute, print-ready, and write ``RUN/stats-<table>.json`` and ``.png``."""
-    if training is None:
-        training = next((t for t in TRAINING_OF.get(table, ()) if t in run.tables()), None)
-    stats = table_stats(run, table, training, tol, pyxtal_rows)
-    run.file(f"stats-{table}.json").write_text(json.dumps(stats, indent=1))
-    plot_marginals(stats, run.file(f"stats-{table}.png"))
-    return stats
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", required=True, help="run directory")
-    parser.add_argument("--table", default="samples", help="samples | augmented | ingested | ...")
-    parser.add_argument("--training", default=None,
-                        help="table to compare with (default: augmented, else ingested)")
-    parser.add_argument("--length-tol", type=float, default=0.02, help="Å")
-    parser.add_argument("--angle-tol", type=float, default=0.2, help="degrees")
-    parser.add_argument("--coord-tol", type=float, default=0.005, help="fractional")
-    parser.add_argument("--pyxtal-rows", type=int, default=2000,
-                        help="rows also judged by pyxtal's decoder, the paper's validity (0: none)")
-
-
-def command(args: argparse.Namespace) -> int:
-    tol = Tolerance(args.length_tol, args.angle_tol, args.coord_tol)
-    stats = stats_stage(Run(args.run, create=False), args.table, args.training, tol,
-                        args.pyxtal_rows)
-    print(format_stats(stats))
-    return 0
