@@ -27,8 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from legodask.augment import frame as AF  # noqa: E402
 from legodask.augment import params as AP  # noqa: E402
-from legodask.augment import subgroups as AS  # noqa: E402
-from legodask.crystal.convert import row_to_pyxtal  # noqa: E402
+from legodask.crystal.convert import row_to_pyxtal, symmetry_key  # noqa: E402
 from legodask import schema as S  # noqa: E402
 from legodask.cluster import compute, connect  # noqa: E402
 from legodask.stages import augment as augment_stage  # noqa: E402
@@ -55,7 +54,7 @@ def unique_symmetries(run: Run, table: str) -> int:
     """Unique (space group, sorted Wyckoff) keys of a table's valid rows, computed
     per partition so that no process holds the table."""
     ddf = run.read(table, columns=["spg", *S.WP, "valid_xtal"])
-    keys = ddf.map_partitions(lambda d: AS.symmetry_key(d[d["valid_xtal"]]).drop_duplicates(),
+    keys = ddf.map_partitions(lambda d: symmetry_key(d[d["valid_xtal"]]).drop_duplicates(),
                               meta=pd.Series(dtype=object, name="symmetry"))
     (uniq,) = compute([keys.drop_duplicates()])
     return int(len(uniq))
@@ -308,7 +307,7 @@ def main() -> int:
         train = train.iloc[::10].reset_index(drop=True)
     res: dict = {"workers": args.workers, "check": args.check, "quick": args.quick,
                  "raw": {"structures": len(train),
-                         "unique_symmetries": int(AS.symmetry_key(train).nunique())},
+                         "unique_symmetries": int(symmetry_key(train).nunique())},
                  "presets": []}
     for name in names:
         frac = args.fraction_2m if name == "2m" and not args.quick else 1

@@ -35,7 +35,7 @@ from legodask import models
 from legodask.crystal.decode import decode_row, only_overlapping
 from legodask.crystal.frame import decode_frame
 from legodask import schema as S
-from legodask.analysis.stats import symmetry_key
+from legodask.crystal.convert import symmetry_key
 from legodask.store import Run
 
 OUT = Path(__file__).parent / "results"

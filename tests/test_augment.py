@@ -18,9 +18,8 @@ from pyxtal import pyxtal
 from legodask import schema as S
 from legodask.augment import frame as AF
 from legodask.augment import params as AP
-from legodask.augment import subgroups as AS
 from legodask.augment import timeout as AT
-from legodask.crystal.convert import pyxtal_to_row, row_to_atoms
+from legodask.crystal.convert import pyxtal_to_row, row_to_atoms, symmetry_key
 from legodask.crystal.frame import decode_frame
 from legodask.sources import ingest as ingest_kernel
 from legodask.sources import readers
@@ -108,10 +107,10 @@ def test_swaps_and_caps(augmented: pd.DataFrame) -> None:
 def test_diamond_subgroups_of_the_paper() -> None:
     out = AF.augment_frame(pd.DataFrame([diamond_row()]),
                           AP.Params(seed=3, check="none", tries=20, max_per_structure=10_000))
-    keys = set(AS.symmetry_key(out))
+    keys = set(symmetry_key(out))
     # Fd-3m 8a -> F-43m 4a+4d, R-3m 6c, I4_1/amd 4a (paper Fig. 2a)
     assert {"227 8a", "216 4a 4d", "166 6c", "141 4a"} <= keys
-    assert set(out.loc[AS.symmetry_key(out) == "166 6c", S.SUBGROUP_PATH]) >= {"227>166"}
+    assert set(out.loc[symmetry_key(out) == "166 6c", S.SUBGROUP_PATH]) >= {"227>166"}
     assert (out["spg"] == 227).sum() == 8     # the 8 atoms of 8a, each once
 
 
@@ -183,7 +182,7 @@ def test_timeout_leaves_no_pending_exception() -> None:
 
 def test_symmetry_key_and_presets() -> None:
     df = pd.DataFrame([diamond_row(), {**diamond_row(), "spg": 166, "wp0": 3, "wp1": -1}])
-    assert AS.symmetry_key(df).tolist() == ["227 8a", "166 18f"]
+    assert symmetry_key(df).tolist() == ["227 8a", "166 18f"]
     assert set(AP.PRESETS) == {"v1", "v2", "v3", "2m"}
     sizes = [AP.preset(k).max_per_structure for k in ("v1", "v2", "v3", "2m")]
     assert sizes == sorted(sizes)

@@ -15,8 +15,9 @@ import pandas as pd
 from .. import schema as S
 from ..crystal.convert import pyxtal_to_row
 from ..crystal.decode import Decoded, decode_row
+from ..crystal.wyckoff import orbit_many
 from .params import DISTORT, SEARCH, SWAPS, Params, task_rng
-from .subgroups import Rep, make_checker, orbit, orbit_choices, representations
+from .subgroups import Rep, make_checker, orbit_choices, representations
 from .timeout import call_with_timeout
 
 log = logging.getLogger("legodask")
@@ -43,7 +44,8 @@ def augment_structure(row: Mapping[str, Any], p: Params,
         cols[S.ID] = [f"{pid}-{n_out + i:05d}" for i in range(n)]
         for k, site in enumerate(rep.dec.sites):   # the decoded order, for every column
             cols[f"wp{k}"], cols[f"el{k}"] = [site.wp.index] * n, [site.element] * n
-            xyz = orbit(site)[choices[:, k]]
+            # the orbit as augmented rows were first written: near 1 is within 1e-12
+            xyz = orbit_many(site.wp, site.free[None], 1e-12, None)[0][choices[:, k]]
             for j, col in enumerate(S.XYZ[k]):
                 cols[col] = xyz[:, j]
         chunks.append(S.conform(pd.DataFrame(cols), EXTRA))

@@ -12,33 +12,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from ase.geometry import cellpar_to_cell
 
 from .. import schema as S
 from ..crystal.cell import metric_tensor
 from ..crystal.convert import decoded_to_pyxtal, pyxtal_to_row
 from ..crystal.decode import DecodeError, Decoded, Site, decode_row
-from ..crystal.wyckoff import project, wyckoff_ops
+from ..crystal.wyckoff import project
 from .params import Params
 from .timeout import AugmentTimeout
-
-
-def symmetry_key(df: pd.DataFrame) -> pd.Series:
-    """Each row's symmetry as in the paper's Table I: space group and the sorted
-    Wyckoff labels of its sites, e.g. ``"227 8a"`` or ``"216 4a 4d"``."""
-    wp = np.sort(df.reindex(columns=S.WP, fill_value=-1).to_numpy(dtype=float), axis=1)
-    wp = np.where(np.isnan(wp), -1, wp).astype(int)
-    spg = df[S.SPG].to_numpy(dtype=int)
-    combos, inverse = np.unique(np.column_stack([spg, wp]), axis=0, return_inverse=True)
-    names = []
-    for spg_k, *sites in combos:
-        labels = sorted(f"{wyckoff_ops(int(spg_k), int(w)).multiplicity}"
-                        f"{wyckoff_ops(int(spg_k), int(w)).letter}"
-                        for w in sites if w >= 0)
-        names.append(" ".join([str(spg_k), *labels]))
-    return pd.Series(np.array(names, dtype=object)[inverse.ravel()], index=df.index,
-                     name="symmetry")
 
 
 @dataclass
@@ -136,7 +118,7 @@ def make_checker(p: Params) -> Callable[[Decoded], str | None]:
         def check_prerelax(dec: Decoded) -> str | None:
             row = pyxtal_to_row(decoded_to_pyxtal(dec))
             out = prerelax.prerelax_row(row, env)
-            return None if out.get("valid_env") else str(out.get("env_error") or "invalid")
+            return None if out.get(S.VALID_ENV) else str(out.get(S.ENV_ERROR) or "invalid")
         return check_prerelax
     raise ValueError(f"unknown check {p.check!r}: prerelax, env or none")
 
@@ -207,17 +189,3 @@ def representations(parent: Decoded, p: Params, search: np.random.Generator,
             kept.append(rep)
             n_rows += emit(rep, p.max_per_subgroup)
     return errors
-
-
-def orbit(site: Site) -> np.ndarray:
-    """Fractional coordinates of every atom of a site's orbit, in [0, 1), in the
-    order of its Wyckoff operations.  Written out element by element (the
-    operations' matrices hold 0 and +-1) so that the values do not depend on how
-    BLAS sums a product, which may differ between processes by one unit in the
-    last place and would break byte-identical tables."""
-    A, t, f = site.wp.A, site.wp.t, site.free
-    v = A[:, :, 0] * f[0] + A[:, :, 1] * f[1] + A[:, :, 2] * f[2] + t
-    v = v - np.floor(v)
-    return np.where(v >= 1.0 - 1e-12, 0.0, v)
-
-

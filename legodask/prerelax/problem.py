@@ -20,7 +20,7 @@ import numpy as np
 
 from ..crystal.cell import metric_tensor, symmetrize_cell
 from ..crystal.decode import Decoded, decode_row
-from ..crystal.wyckoff import group_info
+from ..crystal.wyckoff import group_info, wrap
 from .. import schema as S
 from ..crystal.descriptor import SO3Params, power_spectrum
 from ..crystal.environment import Environment
@@ -146,9 +146,8 @@ def relaxed_row(p: Problem, x: np.ndarray) -> dict[str, Any]:
     f = p.free(x)
     for s, site in enumerate(p.dec.sites):
         j = p.row_member[s]
-        xyz = site.wp.A[j] @ f[s] + site.wp.t[j]
-        xyz = xyz - np.floor(xyz)
-        xyz[np.isclose(xyz, 1.0, atol=1e-12)] = 0.0
+        # near 1 as np.isclose(xyz, 1.0, atol=1e-12) has it, as pre-relaxed rows were written
+        xyz = wrap(site.wp.A[j] @ f[s] + site.wp.t[j], 1e-12 + 1e-5, None)
         out.update(zip(S.XYZ[s], map(float, xyz)))
     return out
 
