@@ -48,6 +48,7 @@ SOURCE, PARENT_ID, SPG = "source", "parent_id", "spg"
 NATOMS, N_SITES, DOF = "natoms", "n_sites", "dof"
 VALID_XTAL, ERROR = "valid_xtal", "error"
 VALID_ENV = "valid_env"                # prerelax: the reference environment is reached
+ENV_ERROR = "env_error"                # prerelax: why it is not
 LOSS = "loss"                          # prerelax: distance to the reference environment
 VASP_ENERGY = "vasp_energy"            # a source's DFT energy (SACADA), eV/atom
 # The reference implementation's (LEGO-xtal) CSV files: the tabular columns, angles

@@ -1,6 +1,6 @@
-"""A model's files: ``config.json`` (hyper-parameters and encoder), ``losses.json``
-(the history) and the checkpoints ``best.pt`` and ``last.pt``, written atomically
-through the run store.  Checkpoints hold tensors and plain data only, read with
+"""A model's files (``store.MODEL_*``): its configuration (hyper-parameters and
+encoder), its loss history, and the checkpoints of its best and last epochs,
+written atomically through the run store.  Checkpoints hold tensors and plain data only, read with
 ``torch.load(weights_only=True)``: a model file from someone else's run is data, and
 loading it never runs code."""
 

@@ -16,8 +16,9 @@ a special position fixes are constants of its Wyckoff index in the training data
 decoding reads them from the group, so that a sampled site is always on the position
 it names.
 
-The encoded training matrix is written to ``RUN/features.zarr`` (chunked by rows, the
-encoder in its attributes) so that training streams it.
+The encoded training matrix is written to the run's features (``store.FEATURES``,
+a Zarr array chunked by rows, the encoder in its attributes) so that training
+streams it.
 """
 
 from __future__ import annotations
@@ -344,7 +345,7 @@ def _sort_key(v: Any) -> tuple[int, Any]:
 
 
 # ---------------------------------------------------------------------------
-# the features: RUN/features.zarr
+# the run's features (store.FEATURES)
 # ---------------------------------------------------------------------------
 
 def valid_rows(p: pd.DataFrame) -> pd.DataFrame:
@@ -355,9 +356,9 @@ def valid_rows(p: pd.DataFrame) -> pd.DataFrame:
 def write_features(run: Run, mode: str, input: str = S.AUGMENTED, chunk_rows: int = 16_384,
                  max_modes: int = 10, fit_rows: int = 20_000, seed: int = 0,
                  sites: str = "generator") -> Encoder:
-    """Fit the encoder on table ``input`` and write its encoded valid rows to
-    ``RUN/features.zarr`` (rows chunked by ``chunk_rows``; the encoder, mode and
-    source table in the array's attributes)."""
+    """Fit the encoder on table ``input`` and write its encoded valid rows as the
+    run's features, ``store.FEATURES`` (rows chunked by ``chunk_rows``; the encoder,
+    mode and source table in the array's attributes)."""
     import zarr
 
     ddf = run.read(input).map_partitions(valid_rows)

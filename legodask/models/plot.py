@@ -1,4 +1,4 @@
-"""A trained model's loss curves per epoch (``losses.png``)."""
+"""A trained model's loss curves per epoch (``store.MODEL_PLOT``)."""
 
 from __future__ import annotations
 

@@ -46,10 +46,11 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
     Returns the loss history."""
     out.mkdir(parents=True, exist_ok=True)
     config = json.loads(json.dumps({**model.config(), "encoder": encoder.to_dict()}))
-    same = (out / store.MODEL_CONFIG).exists() and checkpoint.read_json(out / store.MODEL_CONFIG) == config
+    config_file = out / store.MODEL_CONFIG
+    same = config_file.exists() and checkpoint.read_json(config_file) == config
     if resume and (out / store.MODEL_LAST).exists() and not same:
         log.warning("%s holds a model of another configuration: training anew", out)
-    checkpoint.save_json(config, out / store.MODEL_CONFIG)
+    checkpoint.save_json(config, config_file)
     history: list[dict[str, float]] = []
     if resume and same and (out / store.MODEL_LAST).exists():
         ckpt = checkpoint.load(out / store.MODEL_LAST, model.device)

@@ -50,7 +50,7 @@ def check_rows(df: pd.DataFrame, min_distance: float = 0.6) -> pd.DataFrame:
         return df
     out = df.copy()
     out.loc[bad, S.VALID_XTAL] = False
-    out.loc[bad, "error"] = verdict.loc[bad, "error"]
+    out.loc[bad, S.ERROR] = verdict.loc[bad, S.ERROR]
     return out
 
 
@@ -67,9 +67,9 @@ class TrainingFilter:
         """Add ``train`` (bool) and ``filter_reason`` (why a row is left out)."""
         reasons = pd.Series([None] * len(df), index=df.index, dtype=object)
         checks = [
-            (df["n_sites"] > self.max_sites, f"more than {self.max_sites} Wyckoff sites"),
-            (df["natoms"] > self.max_atoms, f"more than {self.max_atoms} atoms"),
-            (df["dof"] > self.max_dof, f"more than {self.max_dof} free variables"),
+            (df[S.N_SITES] > self.max_sites, f"more than {self.max_sites} Wyckoff sites"),
+            (df[S.NATOMS] > self.max_atoms, f"more than {self.max_atoms} atoms"),
+            (df[S.DOF] > self.max_dof, f"more than {self.max_dof} free variables"),
             (~df[S.VALID_XTAL].astype(bool), "invalid: " + df[S.ERROR].astype(str)),
             *self._element_check(df),
         ]

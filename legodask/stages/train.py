@@ -36,7 +36,7 @@ def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
                 name: str | None = None, input: str = S.AUGMENTED, resume: bool = True,
                 seed: int = 0, sites: str | None = None, check_rows: int = 1000,
                 **hparams: Any) -> dict[str, Any]:
-    """Encode (when ``features.zarr`` is missing or of another mode, sites form or
+    """Encode (when the run's features are missing or of another mode, sites form or
     table; ``sites=None`` keeps the existing features' form) and train."""
     import dask
 
