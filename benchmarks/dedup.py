@@ -48,7 +48,7 @@ def real_rows(n_sub: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     (t-subgroups within a doubled cell, each with two orbit representatives)."""
     from ase.db import connect
 
-    from legodask import codec
+    from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row, row_to_atoms
     from legodask import schema as S
 
     db = connect(DB)
@@ -56,8 +56,8 @@ def real_rows(n_sub: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     for r in db.select():
         if r.id in EXCLUDED:
             continue
-        xtal = codec.atoms_to_pyxtal(r.toatoms())
-        train.append(codec.pyxtal_to_row(xtal, id=f"sacada-{r.id}", parent_id=str(r.id)))
+        xtal = atoms_to_pyxtal(r.toatoms())
+        train.append(pyxtal_to_row(xtal, id=f"sacada-{r.id}", parent_id=str(r.id)))
         if len(reps) >= n_sub * 4:
             continue
         try:
@@ -67,7 +67,7 @@ def real_rows(n_sub: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         for k, sub in enumerate(subs[:2]):
             last = [len(s.coords) - 1 for s in sub.atom_sites]
             for j, ids in enumerate((None, last)):
-                row = codec.pyxtal_to_row(sub, ids=ids, id=f"rep-{r.id}-{k}-{j}",
+                row = pyxtal_to_row(sub, ids=ids, id=f"rep-{r.id}-{k}-{j}",
                                           parent_id=str(r.id))
                 if row["valid_xtal"]:
                     reps.append(row)
@@ -75,14 +75,15 @@ def real_rows(n_sub: int) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def fingerprint_rate(df: pd.DataFrame) -> dict:
-    from legodask import fingerprint as F
+    from legodask import schema as S
+    from legodask.crystal import fingerprint as F
 
     t = time.perf_counter()
     fp = F.fingerprint_frame(df)
     dt = time.perf_counter() - t
     return {"rows": len(df), "seconds": round(dt, 3), "per_second": round(len(df) / dt, 1),
             "mean_atoms": round(float(df["natoms"].mean()), 1),
-            "failed": int(fp[F.FP_ERROR].notna().sum()), "frame": fp}
+            "failed": int(fp[S.FP_ERROR].notna().sum()), "frame": fp}
 
 
 # ---------------------------------------------------------------------------
@@ -123,23 +124,24 @@ def synthetic_batches(n_rows: int, seed: int = 0):
 def join_child(n_rows: int) -> dict:
     import duckdb
 
-    from legodask import dedup as D
+    from legodask import schema as S
+    from legodask.analysis import dedup as D
     from legodask.store import Run
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Run(tmp)
-        run.table_path(D.TABLE).mkdir()
+        run.table_path(S.FINGERPRINTS).mkdir()
         con = duckdb.connect()
         con.execute("SET threads TO 1")
         t = time.perf_counter()
         n_new = rows = 0
         for i, batch in enumerate(synthetic_batches(n_rows)):
-            rows += D.join_batch(run, D.TABLE, i, batch, [], con)
+            rows += D.join_batch(run, S.FINGERPRINTS, i, batch, [], con)
         dt = time.perf_counter() - t
         n_new = int(con.execute(
-            f"SELECT count(*) FROM read_parquet('{run.table_path(D.TABLE)}/*.parquet') "
+            f"SELECT count(*) FROM read_parquet('{run.table_path(S.FINGERPRINTS)}/*.parquet') "
             "WHERE is_new").fetchone()[0])
-        size = sum(p.stat().st_size for p in run.table_path(D.TABLE).glob("*.parquet"))
+        size = sum(p.stat().st_size for p in run.table_path(S.FINGERPRINTS).glob("*.parquet"))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"rows": rows, "batches": -(-n_rows // BATCH), "unique": n_new,
             "seconds": round(dt, 2), "rows_per_second": round(rows / dt),
@@ -161,10 +163,10 @@ def matcher_baseline(df: pd.DataFrame, ours: pd.DataFrame) -> dict:
     from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from legodask import codec
-    from legodask import dedup as D
+    from legodask.analysis import dedup as D
+    from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row, row_to_atoms
 
-    structs = [AseAtomsAdaptor.get_structure(codec.row_to_atoms(r))
+    structs = [AseAtomsAdaptor.get_structure(row_to_atoms(r))
                for r in df.to_dict("records")]
     t = time.perf_counter()
     groups = StructureMatcher().group_structures(structs)
@@ -242,7 +244,7 @@ def markdown(r: dict) -> str:
                      f"rows/s, peak RSS {j['peak_rss_mb']} MB, table {j['table_mb']} MB | |")
     lines += [
         "",
-        "Fingerprints include decoding the row (`codec.row_to_atoms`), spglib "
+        "Fingerprints include decoding the row (`row_to_atoms`), spglib "
         "standardisation and the environments; the per-core rates were measured on a "
         "2-core machine shared with other jobs (see the load average), so they are a "
         "lower bound.  StructureMatcher and our dedup group the same "

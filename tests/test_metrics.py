@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 from ase.db import connect
 
-from legodask import codec
-from legodask import dedup as D
-from legodask import metrics as M
 from legodask import schema as S
+from legodask.analysis import dedup as D
+from legodask.analysis import metrics as M
 from legodask.cli import main
+from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row
+from legodask.crystal.frame import decode_frame
 from legodask.store import Run
 
 # Crystals of the tiny run (SACADA ids): A srs (I4_132, cubic), B (P6_222),
@@ -37,10 +38,10 @@ def _rows(db_path: Path) -> dict[int, list[dict]]:
     db = connect(db_path)
     out = {}
     for i in (A, B, C, D_, E, T):
-        xtal = codec.atoms_to_pyxtal(db.get(id=i).toatoms())
-        reps = [codec.pyxtal_to_row(xtal),
-                codec.pyxtal_to_row(xtal, ids=[len(s.coords) - 1 for s in xtal.atom_sites])]
-        reps += [r for r in map(codec.pyxtal_to_row, xtal.subgroup(eps=0, group_type="t",
+        xtal = atoms_to_pyxtal(db.get(id=i).toatoms())
+        reps = [pyxtal_to_row(xtal),
+                pyxtal_to_row(xtal, ids=[len(s.coords) - 1 for s in xtal.atom_sites])]
+        reps += [r for r in map(pyxtal_to_row, xtal.subgroup(eps=0, group_type="t",
                                                                      max_cell=2))
                  if r["valid_xtal"]][:1]
         out[i] = reps
@@ -55,7 +56,7 @@ def build_tiny_run(path: Path, db_path: Path) -> Run:
     samples += [{**reps[A][0], "id": "s8", "spg": 0},
                 {**reps[B][0], "id": "s9", "wp0": 77}]
     run = Run(path)
-    decoded = codec.decode_frame(pd.DataFrame(samples))
+    decoded = decode_frame(pd.DataFrame(samples))
     run.write_frame_table("samples", decoded)
     pre = decoded[decoded.valid_xtal].copy()
     pre["valid_env"] = [True] * 7 + [False]
@@ -99,7 +100,7 @@ def test_window_changes_the_low_energy_counts(tiny_run):
 def test_missing_tables_give_nulls_with_notes(sacada_db, tmp_path):
     run = Run(tmp_path / "partial")
     rows = _rows(sacada_db)
-    run.write_frame_table("samples", codec.decode_frame(pd.DataFrame(
+    run.write_frame_table("samples", decode_frame(pd.DataFrame(
         [{**rows[A][0], "id": "a"}, {**rows[B][0], "id": "b"}])))
     got = M.compute_metrics(run)
     assert got["n_total"] == 2 and got["n_valid_xtal"] == 2

@@ -13,10 +13,13 @@ import pytest
 from ase.calculators.emt import EMT
 from threadpoolctl import threadpool_limits
 
-from legodask import codec, rank
 from legodask import energy as E
 from legodask import schema as S
+from legodask import store
+from legodask.crystal.convert import atoms_to_row, row_to_atoms
+from legodask.energy import ranking
 from legodask.energy.relax import RelaxSettings, diamond, graphite, text_to_atoms
+from legodask.stages import rank as rank_stage
 from legodask.store import Run
 
 FAST = RelaxSettings(steps=20, timeout=60)
@@ -59,9 +62,9 @@ def _fake_crash() -> E.EnergyModel:
 @pytest.fixture(scope="module")
 def rows() -> pd.DataFrame:
     """Graphite, diamond and an invalid row, as structure-table rows."""
-    recs = [codec.atoms_to_row(graphite(), id="graphite"),
-            codec.atoms_to_row(diamond(), id="diamond"),
-            {**codec.atoms_to_row(diamond(), id="broken"), "valid_xtal": False,
+    recs = [atoms_to_row(graphite(), id="graphite"),
+            atoms_to_row(diamond(), id="diamond"),
+            {**atoms_to_row(diamond(), id="broken"), "valid_xtal": False,
              "error": "decoded badly"}]
     df = S.conform(pd.DataFrame.from_records(recs))
     df["valid_env"] = [True, True, True]
@@ -69,12 +72,12 @@ def rows() -> pd.DataFrame:
 
 
 def test_rows_give_the_structures(rows):
-    assert [len(codec.row_to_atoms(r)) for r in rows.to_dict("records")[:2]] == [4, 8]
+    assert [len(row_to_atoms(r)) for r in rows.to_dict("records")[:2]] == [4, 8]
 
 
 def test_rank_frame_chains_models_above_graphite(rows):
-    refs = {m: rank.reference_energy(m, {}, FAST)["energy"] for m in ("tersoff", "rebo")}
-    out = rank.rank_frame(rows, ["tersoff", "rebo"], settings=FAST, references=refs)
+    refs = {m: ranking.reference_energy(m, {}, FAST).energy for m in ("tersoff", "rebo")}
+    out = ranking.rank_frame(rows, ["tersoff", "rebo"], settings=FAST, references=refs)
     assert len(out) == len(rows) and list(out.columns[:len(rows.columns)]) == list(rows.columns)
     for m in ("tersoff", "rebo"):
         energy, e_above, steps, relaxed, error, converged = S.energy_columns(m)
@@ -92,7 +95,7 @@ def test_rank_frame_chains_models_above_graphite(rows):
 
 
 def test_relaxation_ended_by_its_step_budget_says_so(rows):
-    out = rank.rank_frame(rows, ["tersoff"], settings=RelaxSettings(steps=1, fmax=1e-6),
+    out = ranking.rank_frame(rows, ["tersoff"], settings=RelaxSettings(steps=1, fmax=1e-6),
                           references={"tersoff": 0.0})
     _, d, _ = out.to_dict("records")
     assert d["error_tersoff"] is None and np.isfinite(d["energy_tersoff"])
@@ -101,7 +104,7 @@ def test_relaxation_ended_by_its_step_budget_says_so(rows):
 
 def test_hanging_relaxation_is_stopped_and_recorded(rows):
     t0 = time.monotonic()
-    out = rank.rank_frame(rows, ["fake_hang"], settings=RelaxSettings(steps=5, timeout=1.0))
+    out = ranking.rank_frame(rows, ["fake_hang"], settings=RelaxSettings(steps=5, timeout=1.0))
     assert time.monotonic() - t0 < 30
     g, d, _ = out.to_dict("records")
     assert g["error_fake_hang"] is None and np.isfinite(g["energy_fake_hang"])
@@ -110,14 +113,14 @@ def test_hanging_relaxation_is_stopped_and_recorded(rows):
 
 def test_crashing_model_costs_one_row(rows):
     df = pd.concat([rows.iloc[[1]], rows.iloc[[0]]], ignore_index=True)   # crash first
-    out = rank.rank_frame(df, ["fake_crash"], settings=RelaxSettings(steps=5, timeout=30))
+    out = ranking.rank_frame(df, ["fake_crash"], settings=RelaxSettings(steps=5, timeout=30))
     d, g = out.to_dict("records")
     assert "SIGABRT" in d["error_fake_crash"] and "tried 2 times" in d["error_fake_crash"]
     assert g["error_fake_crash"] is None and np.isfinite(g["energy_fake_crash"])
 
 
 def test_unavailable_model_is_recorded_per_row(rows):
-    out = rank.rank_frame(rows.iloc[:1], ["no-such-model"], settings=FAST)
+    out = ranking.rank_frame(rows.iloc[:1], ["no-such-model"], settings=FAST)
     assert "model unavailable" in out.loc[0, "error_no-such-model"]
 
 
@@ -126,14 +129,14 @@ def test_rank_stage_writes_ranked_table(rows, tmp_path):
     df = rows.copy()
     df["valid_env"] = [True, False, True]
     run.write_frame_table("prerelaxed", df)
-    result = rank.rank(run, ["tersoff"], settings=FAST, only_valid_env=True)
+    result = rank_stage.rank(run, ["tersoff"], settings=FAST, only_valid_env=True)
     assert result.rows == 3
     ranked = run.read("ranked").compute()
     assert set(S.energy_columns("tersoff")) <= set(ranked.columns)
     assert list(ranked["id"]) == ["graphite", "diamond", "broken"]
     assert abs(ranked.loc[0, "e_above_tersoff"]) < 0.01
     assert "valid_env is false" in ranked.loc[1, "error_tersoff"]
-    refs = json.loads(run.file(rank.REFERENCES_FILE).read_text())
+    refs = json.loads(run.file(store.RANK_REFERENCES).read_text())
     assert refs[0]["model"] == "tersoff" and refs[0]["energy"] < -7.3
 
 
@@ -144,8 +147,8 @@ def test_unique_ranks_one_row_per_crystal(rows, tmp_path):
     again = rows.iloc[:1].assign(id="graphite-again")
     df = pd.concat([rows.iloc[:2], again], ignore_index=True)
     run.write_frame_table("prerelaxed", df, rows_per_part=2)
-    result = rank.rank(run, ["tersoff"], settings=FAST, only_valid_env=True, unique=True)
-    assert result.rows == 3 and run.is_complete(rank.UNIQUE_TABLE)
+    result = rank_stage.rank(run, ["tersoff"], settings=FAST, only_valid_env=True, unique=True)
+    assert result.rows == 3 and run.is_complete(S.RANK_UNIQUE)
     ranked = run.read("ranked").compute().set_index("id")
     assert list(ranked.index) == ["graphite", "diamond", "graphite-again"]
     assert ranked["energy_tersoff"].notna().tolist() == [True, True, False]
@@ -154,17 +157,17 @@ def test_unique_ranks_one_row_per_crystal(rows, tmp_path):
 
 def test_command_line(tmp_path):
     parser = argparse.ArgumentParser()
-    rank.add_arguments(parser)
+    rank_stage.add_arguments(parser)
     args = parser.parse_args(["--run", str(tmp_path), "--models", "reaxff,gulp",
                               "--option", "reaxff.ffield=ffield.reax.cho",
                               "--option", "mace.dispersion=true", "--timeout", "30"])
-    assert rank.parse_options(args.option) == {"reaxff": {"ffield": "ffield.reax.cho"},
+    assert ranking.parse_options(args.option) == {"reaxff": {"ffield": "ffield.reax.cho"},
                                                "mace": {"dispersion": True}}
     if E.availability("gulp"):
-        assert rank.command(args) == 2          # says why, writes nothing
+        assert rank_stage.command(args) == 2          # says why, writes nothing
         assert not (tmp_path / "ranked.parquet").exists()
     with pytest.raises(ValueError, match="MODEL.NAME=VALUE"):
-        rank.parse_options(["reaxff=1"])
+        ranking.parse_options(["reaxff=1"])
 
 
 def _no_calculator():

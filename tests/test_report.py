@@ -10,13 +10,13 @@ import pytest
 from ase.db import connect
 from ase.io import read
 
-from legodask import codec, report
-from legodask import metrics as M
-from legodask import tables
+from legodask.analysis import metrics as M
+from legodask.analysis import report, tables
+from legodask.analysis.export import export
+from legodask.analysis.query import query
 from legodask.cli import main
+from legodask.crystal.convert import row_to_atoms
 from legodask.energy.relax import atoms_to_text
-from legodask.export import export
-from legodask.query import query
 from legodask.store import Run
 from test_metrics import build_tiny_run
 
@@ -27,7 +27,7 @@ def run(sacada_db, tmp_path_factory) -> Run:
     cell stretched by 3 %)."""
     r = build_tiny_run(tmp_path_factory.mktemp("rep") / "run", sacada_db)
     ranked = r.read("ranked").compute()
-    relaxed = codec.row_to_atoms(ranked.set_index("id").loc["s5"].to_dict())
+    relaxed = row_to_atoms(ranked.set_index("id").loc["s5"].to_dict())
     relaxed.set_cell(relaxed.cell * 1.03, scale_atoms=True)
     ranked["relaxed_reaxff"] = [atoms_to_text(relaxed) if i == "s5" else None
                                 for i in ranked["id"]]
@@ -84,7 +84,7 @@ def test_export_formats_use_the_relaxed_geometry(run, tmp_path):
     assert (n, bad) == (5, 0)
     assert sorted(p.stem for p in (tmp_path / "cif").glob("*.cif")) == ["s0", "s1", "s2", "s4", "s5"]
     ranked = run.read("ranked").compute().set_index("id")
-    c_row = codec.row_to_atoms(ranked.loc["s5"].to_dict())
+    c_row = row_to_atoms(ranked.loc["s5"].to_dict())
     c_cif = read(tmp_path / "cif" / "s5.cif")
     assert c_cif.cell.cellpar()[:3] == pytest.approx(c_row.cell.cellpar()[:3] * 1.03, rel=1e-4)
     a_cif = read(tmp_path / "cif" / "s0.cif")

@@ -10,9 +10,13 @@ import pandas as pd
 import pytest
 from test_encode import training_table
 
-from legodask import cli, codec
+from legodask import cli
 from legodask import schema as S
-from legodask.stats import Tolerance, stats_stage, symmetry_key, symmetry_label
+from legodask.analysis.stats import Tolerance
+from legodask.crystal.convert import atoms_to_row, pyxtal_verdicts, symmetry_key
+from legodask.crystal.frame import decode_frame
+from legodask.crystal.wyckoff import wyckoff_ops
+from legodask.stages.stats import stats_stage
 from legodask.store import Run
 
 
@@ -20,7 +24,7 @@ def test_symmetry_key_ignores_site_order() -> None:
     a = S.conform(pd.DataFrame({"spg": [227, 227, 191], "wp0": [3, 1, 1], "wp1": [1, 3, -1]}))
     k = symmetry_key(a)
     assert k[0] == k[1] != k[2]
-    assert symmetry_label(k[0]) == "227:1,3" and symmetry_label(k[2]) == "191:1"
+    assert k[0] == "227 48f 96h" and k[2] == "191 12q"
 
 
 @pytest.fixture(scope="module")
@@ -36,9 +40,9 @@ def run(sacada_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Run:
     far[S.XYZ_FLAT] = (far[S.XYZ_FLAT] + 0.01) % 1   # the free coordinates among them
     near = train.iloc[8:10].copy()
     near["a"] += 0.001
-    other = S.conform(pd.DataFrame([codec.atoms_to_row(_graphite())]))
+    other = S.conform(pd.DataFrame([atoms_to_row(_graphite())]))
     bad = train.iloc[:2].assign(valid_xtal=False, error="made up")
-    twice = codec.decode_frame(S.conform(pd.DataFrame([{
+    twice = decode_frame(S.conform(pd.DataFrame([{
         "spg": 1, "a": 3.0, "b": 3.0, "c": 3.0, "alpha": 90.0, "beta": 90.0, "gamma": 90.0,
         "wp0": 0, "el0": "C", "x0": 0.1, "y0": 0.2, "z0": 0.3,
         "wp1": 0, "el1": "C", "x1": 0.1, "y1": 0.2, "z1": 0.3}])))
@@ -92,22 +96,22 @@ def test_pyxtal_decoder_keeps_a_crystal_without_a_site_ours_rejects(sacada_db: P
     the crystal valid; legodask calls the row invalid and says why."""
     train = training_table(sacada_db, n_structures=12)
     row = train[(train["n_sites"] >= 2) & (train["wp1"] > 0)].iloc[[0]].copy()
-    assert codec.pyxtal_verdicts(row).tolist() == [[True, False]]
+    assert pyxtal_verdicts(row).tolist() == [[True, False]]
     for c, d in zip(S.XYZ[1], (0.21, 0.13, 0.07)):
         row[c] = (row[c] + d) % 1
-    ours = codec.decode_frame(row.drop(columns=["valid_xtal", "error"]))
+    ours = decode_frame(row.drop(columns=["valid_xtal", "error"]))
     assert not ours["valid_xtal"].iloc[0] and "from Wyckoff position" in ours["error"].iloc[0]
-    assert codec.pyxtal_verdicts(row).tolist() == [[True, True]]  # valid, a site lost
+    assert pyxtal_verdicts(row).tolist() == [[True, True]]  # valid, a site lost
 
 
 
 def test_a_training_crystal_written_by_other_atoms_of_its_special_orbits_is_regenerated(
         sacada_db: Path) -> None:
-    from legodask.stats import match_training, training_keys
+    from legodask.analysis.stats import match_training, training_keys
 
     train = training_table(sacada_db, n_structures=12).set_index("id", drop=False)
     special = [i for i, r in train.iterrows() if i.endswith("-1") and all(
-        codec.wyckoff_ops(r["spg"], r[f"wp{k}"]).dof < 3 for k in range(r["n_sites"]))]
+        wyckoff_ops(r["spg"], r[f"wp{k}"]).dof < 3 for k in range(r["n_sites"]))]
     generators = train[train["id"].str.endswith("-0")]
     swapped = train.loc[special]
     first = generators.loc[[i[:-2] + "-0" for i in special]]
