@@ -14,9 +14,10 @@ A batch is processed by a DuckDB join over the Parquet files: the inner join on
 the coarse key (and neighbouring volume bins) gives the few candidates that the
 fine comparison confirms; rows with no candidate (the anti-join) are new without
 any comparison.  Memory is bounded by a batch and its candidates, not by the
-table; a rerun skips the parts already written, and a later run (or more input
-partitions) adds to the table.  Fingerprinting, the costly part, runs in parallel
-on the cluster, a window of partitions at a time; the joins run in order.
+table; a rerun skips the parts already written (one made from other input or
+options is refused, ``Run.writing``), and a later run dedups against this one with
+``against``.  Fingerprinting, the costly part, runs in parallel on the cluster, a
+window of partitions at a time; the joins run in order.
 """
 
 from __future__ import annotations
