@@ -110,7 +110,8 @@ def from_reference_layout(df: pd.DataFrame, name: str) -> pd.DataFrame:
 def quality(decoded: pd.DataFrame, train: pd.DataFrame) -> dict[str, float]:
     from decode import pyxtal_decode  # pyxtal's from_tabular_representation
 
-    from legodask.analysis.stats import Tolerance, match_training, symmetry_key, training_keys
+    from legodask.analysis.stats import Tolerance, match_training, training_keys
+    from legodask.crystal.convert import symmetry_key
 
     m = match_training(decoded, training_keys(train), Tolerance())
     valid = decoded[decoded["valid_xtal"]]
