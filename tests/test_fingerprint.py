@@ -46,12 +46,12 @@ def test_every_subgroup_representation_has_the_parents_fingerprint(crystals):
         groups = {r["spg"] for r in rows}
         assert len(rows) >= 4 and len(groups - {xtal.group.number}) >= 1, i
         fp = F.fingerprint_frame(pd.DataFrame(rows))
-        assert fp[F.FP_ERROR].isna().all(), fp[F.FP_ERROR].dropna().tolist()
+        assert fp[S.FP_ERROR].isna().all(), fp[S.FP_ERROR].dropna().tolist()
         # one coarse key, volume bins within one of each other, fine match with the parent
         assert set(fp[S.FINGERPRINT]) == {parent.key}, (i, sorted(groups))
-        assert (fp[F.FP_VBIN] - parent.vbin).abs().max() <= 1
-        assert set(fp[F.FP_SPG]) == {xtal.group.number}
-        assert all(F.same_structure(parent.data, d, "pymatgen") for d in fp[F.FP_DATA])
+        assert (fp[S.FP_VBIN] - parent.vbin).abs().max() <= 1
+        assert set(fp[S.FP_SPG]) == {xtal.group.number}
+        assert all(F.same_structure(parent.data, d, "pymatgen") for d in fp[S.FP_DATA])
         keys[i] = parent.key
     assert len(set(keys.values())) == len(keys)        # the six crystals differ
 
@@ -111,6 +111,6 @@ def test_bad_rows_are_recorded_not_raised(crystals):
     df["valid_env"] = [True, True, True, True, False]
     fp = F.fingerprint_frame(df)
     assert len(fp) == 5 and fp[S.FINGERPRINT].notna().tolist() == [True, False, False, False, False]
-    assert fp[F.FP_ERROR].iloc[1:4].str.contains("DecodeError").all()
-    assert fp[F.FP_ERROR].iloc[4] == "skipped: valid_env is not True"
-    assert fp[F.FP_VBIN].iloc[1] == -1
+    assert fp[S.FP_ERROR].iloc[1:4].str.contains("DecodeError").all()
+    assert fp[S.FP_ERROR].iloc[4] == "skipped: valid_env is not True"
+    assert fp[S.FP_VBIN].iloc[1] == -1

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from .. import schema as S
 from .descriptor import SO3Params
 
 # Covalent radii (Å) of pyxtal's element table (C 0.78, as the reference code);
@@ -208,7 +209,7 @@ def get_environment(spec: str | os.PathLike | Mapping[str, Any] | Atoms | Enviro
     if isinstance(spec, Mapping):
         from .convert import row_to_atoms
 
-        return from_atoms(row_to_atoms(spec), name=str(spec.get("id") or "row"))
+        return from_atoms(row_to_atoms(spec), name=str(spec.get(S.ID) or "row"))
     key = str(spec).lower()
     if key in PROTOTYPES:
         return PROTOTYPES[key]()

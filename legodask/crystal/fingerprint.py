@@ -7,9 +7,10 @@ a name for the crystal itself.  It is built in two levels:
 * a **coarse key** (``fingerprint``) from invariants that are exact integers once
   spglib has found the symmetry: the space group of the crystal (not of the
   representation), the elements, orbit sizes and coordination numbers of the
-  primitive cell.  Wyckoff *letters* are left out on purpose: the affine
-  normaliser of a group can swap them (diamond is 8a or 8b of Fd-3m depending on
-  the origin), the orbit sizes cannot change.  Beside it, ``fp_vbin`` is the
+  primitive cell (bonded as the environment check has it: closer than
+  ``BOND_FACTOR`` x the sum of ``environment.covalent_radius``).  Wyckoff *letters*
+  are left out on purpose: the affine normaliser of a group can swap them (diamond
+  is 8a or 8b of Fd-3m depending on the origin), the orbit sizes cannot change.  Beside it, ``fp_vbin`` is the
   volume per atom on a logarithmic grid; a lookup probes the neighbouring bins too,
   so that a value on a bin edge still finds its twin.
 * a **fine comparison** of two candidates that share a key: the sorted multisets of
@@ -34,27 +35,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from ase import Atoms
-from ase.data import covalent_radii
+from ase.data import chemical_symbols
 
 from .. import schema as S
 from .convert import row_to_atoms
+from .environment import BOND_FACTOR, covalent_radius
 
 SYMPREC = 0.05          # spglib tolerance (Å): relaxed geometries carry small noise
 K_NEIGHBOURS = 12       # neighbour distances per orbit in the environment multiset
 VBIN = 0.03             # width of a volume-per-atom bin, in log units (3 %)
 ENV_TOL = 0.1           # Å: environments of one crystal agree within this
 VOL_TOL = 0.05          # relative: volumes per atom of one crystal agree within this
-BOND_FACTOR = 1.2       # bonded: closer than 1.2 x the sum of covalent radii
 MATCHERS = ("pymatgen", "env")
 
-# Columns this module adds (schema.FINGERPRINT is the key itself).
-FP_VBIN = "fp_vbin"
-FP_SPG = "fp_spg"
-FP_NATOMS = "fp_natoms"
-FP_DATA = "fp_data"
-FP_ERROR = "fp_error"
-FP_DTYPES = {S.FINGERPRINT: "object", FP_VBIN: "int32", FP_SPG: "int16",
-             FP_NATOMS: "int32", FP_DATA: "object", FP_ERROR: "object"}
 
 
 class FingerprintError(ValueError):
@@ -111,7 +104,8 @@ def _environments(lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
     wrapped = (cart @ np.linalg.inv(reduced)) % 1.0 @ reduced
     heights = abs(np.linalg.det(reduced)) / np.linalg.norm(
         np.cross(reduced[[1, 2, 0]], reduced[[2, 0, 1]]), axis=1)
-    bond = BOND_FACTOR * (covalent_radii[numbers[reps]][:, None] + covalent_radii[numbers][None, :])
+    radii = np.array([covalent_radius(chemical_symbols[z]) for z in numbers])
+    bond = BOND_FACTOR * (radii[reps][:, None] + radii[None, :])   # the environment's rule
     cutoff = max(3.0, 2.5 * vpa ** (1 / 3))
     while True:
         n = np.ceil(cutoff / heights).astype(int)
@@ -205,24 +199,24 @@ def _structure_matcher() -> Any:
 def row_atoms(row: Mapping[str, Any], geometry: str | None = None) -> Atoms:
     """The crystal of a row: its ``relaxed_<geometry>`` column (the rank stage's
     extended-XYZ text) when given and filled, else the row's own tabular form."""
-    if geometry and filled(row.get(f"relaxed_{geometry}")):
+    if geometry and filled(row.get(f"{S.RELAXED}{geometry}")):
         from ..energy.relax import text_to_atoms
 
-        return text_to_atoms(row[f"relaxed_{geometry}"])
+        return text_to_atoms(row[f"{S.RELAXED}{geometry}"])
     return row_to_atoms(row, check_distances=False)
 
 
 def fingerprint_frame(df: pd.DataFrame, geometry: str | None = None,
                       symprec: float = SYMPREC,
-                      require: Iterable[str] = ("valid_xtal", "valid_env")) -> pd.DataFrame:
-    """The fingerprint kernel: ``df`` with the ``FP_DTYPES`` columns added.
+                      require: Iterable[str] = (S.VALID_XTAL, S.VALID_ENV)) -> pd.DataFrame:
+    """The fingerprint kernel: ``df`` with the ``schema.FP_DTYPES`` columns added.
 
     Rows for which a ``require`` column (those present) is not True are skipped
     (null fingerprint, the reason in ``fp_error``); a row that cannot be read or
     standardised gets its reason too.  No row is dropped.
     """
     need = [c for c in require if c in df.columns]
-    out = {c: [] for c in FP_DTYPES}
+    out = {c: [] for c in S.FP_DTYPES}
     for rec in df.to_dict("records"):
         fp, error = None, None
         failed = [c for c in need if not _true(rec.get(c))]
@@ -234,13 +228,13 @@ def fingerprint_frame(df: pd.DataFrame, geometry: str | None = None,
             except Exception as exc:  # any failure is recorded on the row
                 error = f"{type(exc).__name__}: {exc}"
         out[S.FINGERPRINT].append(fp.key if fp else None)
-        out[FP_VBIN].append(fp.vbin if fp else -1)
-        out[FP_SPG].append(fp.spg if fp else -1)
-        out[FP_NATOMS].append(fp.natoms if fp else 0)
-        out[FP_DATA].append(fp.data if fp else None)
-        out[FP_ERROR].append(error)
-    res = df.drop(columns=[c for c in FP_DTYPES if c in df.columns])
-    for col, dtype in FP_DTYPES.items():
+        out[S.FP_VBIN].append(fp.vbin if fp else -1)
+        out[S.FP_SPG].append(fp.spg if fp else -1)
+        out[S.FP_NATOMS].append(fp.natoms if fp else 0)
+        out[S.FP_DATA].append(fp.data if fp else None)
+        out[S.FP_ERROR].append(error)
+    res = df.drop(columns=[c for c in S.FP_DTYPES if c in df.columns])
+    for col, dtype in S.FP_DTYPES.items():
         res[col] = pd.Series(out[col], index=df.index, dtype=dtype)
     return res
 

@@ -111,10 +111,10 @@ def decode_frame(df: pd.DataFrame, tol: float = 0.5, min_distance: float = 0.6,
     cols = {c: df[c].to_numpy(copy=True) for c in _REWRITTEN}
     _write_decoded(cols, v, proj, np.flatnonzero(valid), cell, lattice)
     bad = fast & ~valid
-    cols["valid_xtal"][bad] = False
-    cols["error"][bad] = error[bad]
-    cols["n_sites"][bad] = v.used[bad].sum(1)
-    cols["natoms"][bad] = cols["dof"][bad] = 0
+    cols[S.VALID_XTAL][bad] = False
+    cols[S.ERROR][bad] = error[bad]
+    cols[S.N_SITES][bad] = v.used[bad].sum(1)
+    cols[S.NATOMS][bad] = cols[S.DOF][bad] = 0
     if not fast.all():
         ref = decode_frame_rowwise(df[~fast], tol, min_distance, max_atoms, default_element)
         for c in _REWRITTEN:
@@ -132,10 +132,10 @@ def _keep_bad_values(out: pd.DataFrame, given: pd.DataFrame, reasons: pd.Series
     out = out.copy()
     for c in _REWRITTEN:
         out.loc[bad, c] = given.loc[bad, c]
-    out.loc[bad, "valid_xtal"] = False
-    out.loc[bad, "error"] = reasons[bad]
-    out.loc[bad, "n_sites"] = (given.loc[bad, S.WP] >= 0).sum(axis=1).astype("int8")
-    out.loc[bad, ["natoms", "dof"]] = 0
+    out.loc[bad, S.VALID_XTAL] = False
+    out.loc[bad, S.ERROR] = reasons[bad]
+    out.loc[bad, S.N_SITES] = (given.loc[bad, S.WP] >= 0).sum(axis=1).astype("int8")
+    out.loc[bad, [S.NATOMS, S.DOF]] = 0
     return out
 
 
@@ -168,7 +168,7 @@ class _FrameArrays:
 
     def __init__(self, df: pd.DataFrame, default_element: str | None) -> None:
         n = len(df)
-        self.spg = df["spg"].to_numpy(np.int64)
+        self.spg = df[S.SPG].to_numpy(np.int64)
         self.cell = df[S.CELL].to_numpy(float)
         self.wp = df[S.WP].to_numpy(np.int64)
         self.xyz = df[S.XYZ_FLAT].to_numpy(float).reshape(n, S.MAX_SITES, 3)

@@ -47,6 +47,7 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
+from .. import schema as S
 from .environment import BOND_FACTOR
 from .quotient import (QuotientGraph, bond_graph, components, coordination_sequences,
                        from_genome, periodicity)
@@ -181,7 +182,7 @@ def row_structure(row: Mapping[str, Any], geometry: str | None = None
     from .decode import decode_row
     from .fingerprint import filled, row_atoms
 
-    if geometry and filled(row.get(f"relaxed_{geometry}")):
+    if geometry and filled(row.get(f"{S.RELAXED}{geometry}")):
         return row_atoms(row, geometry), None
     dec = decode_row(row, check_distances=False)
     sizes = [s.wp.multiplicity for s in dec.sites]
