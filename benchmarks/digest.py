@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -28,21 +29,28 @@ TIMINGS = {"seconds", "iterations"}     # wall-clock, or its budget share
 RESULT = HERE / "results" / "digest.json"
 
 
-def table_digest(path: Path) -> dict[str, object]:
-    """Row count and content hash of one Parquet table folder."""
+def table_digest(path: Path, columns: list[str] | None = None) -> dict[str, object]:
+    """Row count and content hash of one Parquet table folder (of ``columns`` only,
+    when given: a table that gained columns keeps the digest of the ones it had)."""
     df = pd.concat([pd.read_parquet(p) for p in sorted(path.glob("part-*.parquet"))],
                    ignore_index=True)
     df = df.drop(columns=[c for c in df.columns if c in TIMINGS])
+    added = sorted(set(df.columns) - set(columns)) if columns else []
+    df = df[columns] if columns else df
     df = df.sort_values("id", kind="stable").reset_index(drop=True)
     for c in df.columns:
         if df[c].dtype.kind == "f":
             df[c] = df[c].round(9)
     text = df.to_csv(index=False, float_format="%.9g")
-    return {"rows": len(df), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    return {"rows": len(df), "columns": list(df.columns),
+            "sha256": hashlib.sha256(text.encode()).hexdigest(), **({"added": added} if added else {})}
 
 
-def digest(run: Path) -> dict[str, object]:
-    out: dict[str, object] = {t: table_digest(run / f"{t}.parquet") for t in TABLES}
+def digest(run: Path, like: dict[str, Any] | None = None) -> dict[str, object]:
+    """The digests of a run's tables (of the columns ``like``'s digests had)."""
+    out: dict[str, object] = {t: table_digest(run / f"{t}.parquet",
+                                              (like or {}).get(t, {}).get("columns"))
+                              for t in TABLES}
     metrics = json.loads((run / "metrics.json").read_text())
     out["metrics"] = {k: v for k, v in metrics.items() if k.startswith("n_")}
     return out
@@ -63,12 +71,15 @@ def main() -> int:
     run = Path(args.run)
     if not args.no_run:
         run_quickstart(run)
-    got = digest(run)
+    want = json.loads(RESULT.read_text()) if args.action == "check" else None
+    got = digest(run, want)
     if args.action == "run":
         RESULT.write_text(json.dumps(got, indent=1) + "\n")
         print(json.dumps(got, indent=1))
         return 0
-    want = json.loads(RESULT.read_text())
+    for t in TABLES:
+        if got[t].pop("added", None):
+            print(f"{t}: columns added since the stored digest (not compared)")
     diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
     for k, (w, g) in diff.items():
         print(f"{k}: stored {w}, now {g}")
