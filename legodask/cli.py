@@ -40,9 +40,11 @@ def setup_logging(verbose: bool, run_dir: str | None = None, create: bool = True
     (making the run when ``create``); a run whose log cannot be written is an error
     (``PermissionError``) naming it."""
     logger = logging.getLogger("legodask")
-    logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    logger.setLevel(logging.DEBUG)           # the run's log has the details ...
     logger.handlers.clear()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.DEBUG if verbose else logging.INFO)  # ... the terminal a line a step
+    handlers: list[logging.Handler] = [console]
     if run_dir:
         from .store import Run
 
@@ -53,9 +55,19 @@ def setup_logging(verbose: bool, run_dir: str | None = None, create: bool = True
             raise PermissionError(f"cannot write to the run {run_dir} ({exc.strerror or exc}): "
                                   f"this command writes into it; use a run you may write to, "
                                   f"or copy it") from exc
-    for h in handlers:
+    handlers[0].setFormatter(_Console())
+    for h in handlers[1:]:
         h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    for h in handlers:
         logger.addHandler(h)
+
+
+class _Console(logging.Formatter):
+    """The terminal's lines: a message as it is, a warning or an error named as such."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
 def message(exc: BaseException) -> str:

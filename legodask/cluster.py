@@ -77,6 +77,9 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
     listening on 127.0.0.1 with its dashboard at ``dashboard_address``."""
     from distributed import Client, LocalCluster
 
+    # the scheduler's notes on each shuffle it runs (a dask DataFrame's unique values)
+    # are bookkeeping, not warnings for a user
+    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
     if scheduler == "slurm":
         cluster = slurm_cluster(n_workers or 1, gpus, **(slurm or {}))
         client = Client(cluster)

@@ -105,11 +105,16 @@ FILTER_REASON = "filter_reason"      # ingest: why the training filter leaves it
 SUBGROUP_PATH = "subgroup_path"      # augment: the subgroups that wrote it, e.g. "227>166"
 AUGMENT_ERRORS = "augment_errors"    # augment: the structure's subgroup tries that raised
 
+# Every column name a stage writes (the energy columns are per model: energy_columns).
+ALL_COLUMNS = [*COLUMNS, *PRERELAX, *FP_DTYPES, IS_NEW, FIRST_ID, TRAIN, FILTER_REASON,
+               SUBGROUP_PATH, AUGMENT_ERRORS]
+
 
 def energy_columns(model: str) -> list[str]:
     """Columns the rank stage writes for one energy model."""
     return [f"{ENERGY}{model}", f"{E_ABOVE}{model}", f"relax_steps_{model}",
-            f"{RELAXED}{model}", f"error_{model}", f"converged_{model}"]
+            f"{RELAXED}{model}", f"error_{model}", f"converged_{model}",
+            f"relaxer_{model}", f"spg_relaxed_{model}"]
 
 
 _PANDAS_DTYPES = {

@@ -291,7 +291,7 @@ class Run:
         rows = compute(tasks, desc=desc or table)
         self.mark_complete(table, len(parts), **info)
         result = StageResult(table, len(todo), len(done), int(sum(rows)))
-        log.info("%s", result)
+        log.debug("%s", result)
         return result
 
     def map_table(self, src: str, dst: str, kernel: Callable[..., pd.DataFrame],

@@ -208,7 +208,7 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
                                    vol_tol)
         run.mark_complete(output, len(parts), source=input, **made_with)
     result = StageResult(output, len(todo), len(done), rows)
-    log.info("%s", result)
+    log.debug("%s", result)
     return result
 
 
@@ -222,7 +222,7 @@ def join_batch(run: Run, output: str, i: int, batch: pd.DataFrame,
     seen = seen_candidates(con, [*others, (own, True)], batch)
     out = assign(batch, seen, matcher, env_tol, vol_tol)
     n = run.write_part(output, i, out, empty())
-    log.info("%s part %d: %d rows, %d new", output, i, n, int(out[S.IS_NEW].sum()))
+    log.debug("%s part %d: %d rows, %d new", output, i, n, int(out[S.IS_NEW].sum()))
     return n
 
 

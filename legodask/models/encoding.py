@@ -120,10 +120,12 @@ class Mixture:
 
 
 def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
-                seed: int = 0, extent: tuple[float, float] | None = None) -> Mixture:
+                seed: int = 0, extent: tuple[float, float] | None = None,
+                stopped: list[str] | None = None) -> Mixture:
     """Fit a Bayesian GMM (Dirichlet-process prior, as CTGAN) to a column's values,
     with modes added where values of ``x`` or the column's ``extent`` (its minimum and
-    maximum over the whole table) lie beyond 4 standard deviations of every mode."""
+    maximum over the whole table) lie beyond 4 standard deviations of every mode.
+    A fit that stops at its iteration limit appends the column to ``stopped``."""
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.mixture import BayesianGaussianMixture
 
@@ -140,9 +142,11 @@ def fit_mixture(column: str, x: np.ndarray, has_nan: bool, max_modes: int = 10,
         warnings.simplefilter("always", ConvergenceWarning)
         gm.fit(x.reshape(-1, 1))
     if any(issubclass(w.category, ConvergenceWarning) for w in caught):
-        # harmless for an encoder (CTGAN's fits stop the same way): one line, not a trace
-        log.info("%s: the Gaussian mixture stopped after %d iterations before converging",
-                 column, gm.max_iter)
+        # harmless for an encoder (CTGAN's fits stop the same way): counted, not a trace
+        log.debug("%s: the Gaussian mixture stopped after %d iterations before converging",
+                  column, gm.max_iter)
+        if stopped is not None:
+            stopped.append(column)
     keep = gm.weights_ > 5e-3
     mu, sd = gm.means_[keep, 0], np.sqrt(gm.covariances_[keep].reshape(-1))
     mu, sd, w = _cover(mu, sd, gm.weights_[keep] * len(x),
@@ -329,9 +333,14 @@ def fit(df_or_ddf: Any, mode: str, max_modes: int = 10, fit_rows: int = 20_000,
         sample_df, extents = values[-1], dict(zip(S.CELL, values[-2]))
         columns = [Categorical(c, sorted((_python(v) for v in vals), key=_sort_key))
                    for c, vals in zip(discrete, values)]
+        stopped: list[str] = []
         columns += [fit_mixture(c, sample_df[c].to_numpy(float), bool(has_nan), max_modes, seed,
-                                extents.get(c, (0.0, 1.0)))
+                                extents.get(c, (0.0, 1.0)), stopped)
                     for c, has_nan in zip(CONTINUOUS, values[len(discrete):len(discrete) + len(CONTINUOUS)])]
+        if stopped:
+            log.info("%d of %d Gaussian mixtures stopped at their iteration limit before "
+                     "converging (harmless for an encoder; columns in the run's log)",
+                     len(stopped), len(CONTINUOUS))
     return Encoder(mode, columns, next(iter(element_set)) if single and element_set else None,
                    grid, sites)
 

@@ -66,7 +66,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("metrics", "the paper's counts for a run",
           reads=(S.SAMPLES, S.PRERELAXED, S.RANKED, S.FINGERPRINTS),
           writes=(store.METRICS,), pipeline=True, access="report"),
-    Stage("report", "write the run's report.html",
+    Stage("report", "write the run's HTML report",
           reads=(store.METRICS,), writes=(store.REPORT,), pipeline=True, access="report"),
     Stage("run", "run a TOML pipeline end to end"),
     Stage("query", "run SQL (DuckDB) over a run's tables", access="read"),

@@ -33,8 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    enc = write_features(Run(args.run), args.mode, args.input, args.chunk_rows, args.max_modes,
-                       args.fit_rows, args.seed, args.sites)
-    out = Run(args.run).file(store.FEATURES)
-    print(f"{out}: {enc.width} features ({args.mode}, sites {args.sites})")
+    write_features(Run(args.run), args.mode, args.input, args.chunk_rows, args.max_modes,
+                   args.fit_rows, args.seed, args.sites)  # logs what it wrote
     return 0

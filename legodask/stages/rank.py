@@ -91,8 +91,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=defaults.timeout,
                    help="wall-clock seconds per structure")
     g.add_argument("--maxstep", type=float, default=defaults.maxstep, help="FIRE maxstep, Å")
+    g.add_argument("--relaxer", choices=("fast", "ase"), default=defaults.relaxer,
+                   help="fast: LAMMPS's own minimiser for LAMMPS models, batched FIRE for "
+                        "MACE and CHGNet; ase: ASE's FIRE one structure at a time "
+                        "(recorded per row in relaxer_<model>)")
+    g.add_argument("--batch-atoms", type=int, default=defaults.batch_atoms,
+                   help="atoms per batch of the batched relaxer (default: by GPU memory, "
+                        "2048 on a CPU)")
     g.add_argument("--batch-size", type=int, default=defaults.batch_size,
-                   help="structures per batch for batched models (MACE)")
+                   help="structures per lock-step batch of the ase relaxer (MACE)")
     g.add_argument("--retries", type=int, default=defaults.retries,
                    help="retries of a structure whose child process died")
 
@@ -112,7 +119,7 @@ def command(args: argparse.Namespace) -> int:
     except (ModelUnavailable, KeyError) as exc:
         log.error("rank: %s", exc)
         return 2
-    log.info("rank: models %s, settings %s", models, asdict(settings))
+    log.debug("rank: models %s, settings %s", models, asdict(settings))
     result = rank(Run(args.run), models, args.input, args.output, options, settings,
                   args.only_valid_env, args.unique)
     print(result)

@@ -56,7 +56,7 @@ def train_stage(run: Run, kind: str, mode: str = "cont", epochs: int = 250,
         task = dask.delayed(train_model, pure=False)(str(run.path), name, kind, epochs,
                                                      resume, seed, check_rows, **hparams)
     [summary] = cluster.compute([task], desc=f"train {name}")
-    log.info("trained %s", summary)
+    log.debug("trained %s", summary)
     return summary
 
 
