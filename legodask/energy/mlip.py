@@ -106,6 +106,17 @@ def make_mace_batch(model: str, device: str | None, default_dtype: str) -> Batch
     return evaluate
 
 
+def make_mace_torchsim(model: str, device: str | None, default_dtype: str) -> Any:
+    """The MACE model as a TorchSim model (``torch_sim.models.mace.MaceModel``), for
+    the batched relaxer; loaded by mace-torch's own loader, as the calculator is."""
+    import torch
+    from torch_sim.models.mace import MaceModel
+
+    calc = make_mace_calculator(model, False, device, default_dtype)
+    return MaceModel(calc.models[0], device=torch.device(calc.device),
+                     dtype=getattr(torch, default_dtype))
+
+
 @register("mace")
 def mace(model: str | None = None, dispersion: bool = False, device: str | None = None,
          default_dtype: str = "float64") -> EnergyModel:
@@ -120,7 +131,9 @@ def mace(model: str | None = None, dispersion: bool = False, device: str | None 
     make = functools.partial(make_mace_calculator, str(path), dispersion, device, default_dtype)
     batch = (None if dispersion
              else functools.partial(make_mace_batch, str(path), device, default_dtype))
-    return EnergyModel("mace", make, gpu=True, make_batch=batch,
+    torchsim = (None if dispersion
+                else functools.partial(make_mace_torchsim, str(path), device, default_dtype))
+    return EnergyModel("mace", make, gpu=True, make_batch=batch, make_torchsim=torchsim,
                        options={"model": model, "file": str(path), "dispersion": dispersion})
 
 
@@ -130,9 +143,63 @@ def make_chgnet_calculator(device: str | None) -> Calculator:
     return CHGNetCalculator(use_device=_device(device))
 
 
+def make_chgnet_torchsim(device: str | None) -> Any:
+    """CHGNet as a TorchSim model: each call builds the crystal graphs of the
+    batch's structures and evaluates them as one batch of graphs; forces and
+    stress come from one backward pass over positions and strains together
+    (CHGNet's own forward takes two, keeping the graph for training), so the
+    numbers are its ASE calculator's at less cost.  eV, eV/Å, eV/Å^3, in float64
+    for the optimiser."""
+    import torch
+    from chgnet.model import CHGNet
+    from chgnet.model.model import BatchedGraph
+    from pymatgen.core import Lattice, Structure
+    from torch_sim.models.interface import ModelInterface
+
+    dev = _device(device)
+    net = CHGNet.load(use_device=dev, verbose=False)
+    net.eval()
+
+    class CHGNetModel(ModelInterface):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+            self._device, self._dtype = torch.device(dev), torch.float64
+            self._compute_forces = self._compute_stress = True
+
+        def forward(self, state: Any, **kwargs: Any) -> dict[str, Any]:
+            cells = state.row_vector_cell.detach().cpu().numpy()
+            pos = state.positions.detach().cpu().numpy()
+            numbers = state.atomic_numbers.cpu().numpy()
+            system = state.system_idx.cpu().numpy()
+            graphs = [self.net.graph_converter(Structure(
+                Lattice(cells[b]), numbers[system == b], pos[system == b],
+                coords_are_cartesian=True)).to(dev) for b in range(state.n_systems)]
+            counts = torch.bincount(state.system_idx, minlength=state.n_systems)
+            with torch.enable_grad():
+                g = BatchedGraph.from_graphs(
+                    graphs, bond_basis_expansion=self.net.bond_basis_expansion,
+                    angle_basis_expansion=self.net.angle_basis_expansion, compute_stress=True)
+                energy = self.net._compute(g)["e"]       # eV/atom without the composition
+                if self.net.composition_model is not None:
+                    energy = energy + self.net.composition_model(graphs)
+                n = counts.to(device=energy.device, dtype=energy.dtype)
+                total = energy * n if self.net.is_intensive else energy
+                grads = torch.autograd.grad(total.sum(), [*g.atom_positions, *g.strains])
+            k = state.n_systems
+            f64 = dict(dtype=torch.float64, device=self._device)
+            stress = torch.stack([d / v for d, v in zip(grads[k:], g.volumes)])
+            return {"energy": total.detach().to(**f64),
+                    "forces": -torch.cat(grads[:k]).to(**f64),
+                    "stress": stress.detach().to(**f64)}
+
+    return CHGNetModel()
+
+
 @register("chgnet")
 def chgnet(device: str | None = None) -> EnergyModel:
     """CHGNet with the weights bundled in the chgnet package (works offline)."""
     if importlib.util.find_spec("chgnet") is None:
         raise ModelUnavailable("chgnet is not installed: `pip install chgnet`")
-    return EnergyModel("chgnet", functools.partial(make_chgnet_calculator, device), gpu=True)
+    return EnergyModel("chgnet", functools.partial(make_chgnet_calculator, device), gpu=True,
+                       make_torchsim=functools.partial(make_chgnet_torchsim, device))

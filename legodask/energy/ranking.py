@@ -5,8 +5,11 @@ relaxes from the geometry the previous one left (the row's own geometry when no
 earlier model succeeded).  Per model the stage writes ``energy_<m>`` (eV/atom),
 ``e_above_<m>`` (above graphite relaxed with the same model in the same run),
 ``relax_steps_<m>``, ``relaxed_<m>`` (extended-XYZ text), ``error_<m>`` and
-``converged_<m>`` (the forces reached ``fmax``; false where the step budget ended
-a relaxation that still has an energy).
+``converged_<m>`` (the forces reached ``fmax``; false where the step budget or the
+time-out ended a relaxation, which keeps its last energy), ``relaxer_<m>`` (which
+relaxer ran: ``lammps``, LAMMPS's own minimiser; ``batched``, the batched FIRE of
+machine-learned potentials; ``ase``, ASE's FIRE) and ``spg_relaxed_<m>`` (the space
+group of the relaxed structure; 0 where there is none).
 Rows that are not valid crystals (or, with ``--only-valid-env``, not valid
 environments) are kept unrelaxed with the reason in ``error_<m>``.  With
 ``--unique`` the input is deduplicated first (the run's rank_unique table, the
@@ -31,7 +34,8 @@ from . import ModelUnavailable, get_model
 from .relax import RelaxResult, RelaxSettings, graphite, text_to_atoms
 from .runner import relax_many
 
-_ENERGY_DTYPES = ("float64", "float64", "int32", "object", "object", "bool")
+_ENERGY_DTYPES = ("float64", "float64", "int32", "object", "object", "bool", "object",
+                  "int16")
 
 
 def energy_dtypes(models: Sequence[str]) -> dict[str, str]:
@@ -127,13 +131,15 @@ def rank_frame(df: pd.DataFrame, models: Sequence[str],
                 if res.ok:
                     current[i] = text_to_atoms(res.relaxed)
         ref = references.get(m, float("nan"))
-        energy, e_above, steps, relaxed, error, converged = S.energy_columns(m)
+        energy, e_above, steps, relaxed, error, converged, relaxer, spg = S.energy_columns(m)
         out[energy] = pd.Series([r.energy for r in results], index=df.index, dtype="float64")
         out[e_above] = out[energy] - ref
         out[steps] = pd.Series([r.steps for r in results], index=df.index, dtype="int32")
         out[relaxed] = pd.Series([r.relaxed for r in results], index=df.index, dtype=object)
         out[error] = pd.Series([r.error for r in results], index=df.index, dtype=object)
         out[converged] = pd.Series([r.converged for r in results], index=df.index, dtype=bool)
+        out[relaxer] = pd.Series([r.relaxer for r in results], index=df.index, dtype=object)
+        out[spg] = pd.Series([r.spg for r in results], index=df.index, dtype="int16")
     return out
 
 

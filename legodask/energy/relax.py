@@ -5,7 +5,10 @@ Each structure is relaxed under ``FixSymmetry`` with a cell filter by FIRE (a sm
 step budget follow the number of atoms as the reference does (250 steps below 100
 atoms, fewer above); a wall-clock time-out stops a slow relaxation; energies or
 forces out of range and volume explosions are rejected.  The result carries the
-energy in eV/atom and the relaxed geometry as extended-XYZ text.
+energy in eV/atom and the relaxed geometry as extended-XYZ text.  A relaxation cut
+by its time-out or step budget keeps its last energy and geometry, with
+``converged`` false.  This is the ``ase`` relaxer; ``lammps_relax`` (LAMMPS's own
+minimiser) and ``batched`` (many structures in one batched state) are the fast ones.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ase.calculators.calculator import Calculator
 from ase.geometry import cellpar_to_cell
 
 from . import BatchEvaluator
+from .symmetry import space_group
 
 
 @dataclass(frozen=True)
@@ -40,14 +44,17 @@ class RelaxSettings:
     energy_range: tuple[float, float] = (-20.0, 5.0)  # eV/atom accepted
     max_force: float = 100.0        # eV/Å; larger is a blow-up
     volume_range: tuple[float, float] = (0.3, 4.0)    # V/V0 accepted
-    batch_size: int = 16            # structures per batch for batched models
+    batch_size: int = 16            # structures per lock-step batch (``ase`` relaxer)
     retries: int = 1                # restarts after a crashed child process
+    relaxer: str = "fast"           # fast (LAMMPS's minimiser, batched FIRE) | ase
+    batch_atoms: int | None = None  # atoms per batched state (None: by memory / 2048 on a CPU)
 
 
 @dataclass
 class RelaxResult:
-    """One relaxation: energy per atom (NaN on failure), steps, geometry, error, and
-    whether the forces reached ``fmax`` (else the step budget ended it)."""
+    """One relaxation: energy per atom (NaN on failure), steps, geometry, error,
+    whether the forces reached ``fmax`` (else the step budget or the time-out ended
+    it), the relaxer that ran it and the space group it ended in (0: unknown)."""
 
     energy: float = math.nan
     steps: int = 0
@@ -55,6 +62,8 @@ class RelaxResult:
     error: str | None = None
     seconds: float = 0.0
     converged: bool = False
+    relaxer: str | None = None      # ase | lammps | batched; None: not relaxed
+    spg: int = 0
 
     @property
     def ok(self) -> bool:
@@ -146,31 +155,38 @@ def _prepare(atoms: Atoms, settings: RelaxSettings) -> tuple[Atoms, Any]:
     return atoms, _cached_filter(base)(atoms)
 
 
-def _blowup(atoms: Atoms, v0: float, settings: RelaxSettings) -> str | None:
-    """Why the current state is a blow-up, or ``None``."""
-    e = atoms.get_potential_energy() / len(atoms)
+def check_state(energy: float, forces: np.ndarray, volume_ratio: float, natoms: int,
+                settings: RelaxSettings) -> str | None:
+    """Why a state (total energy in eV, forces in eV/Å, volume over the starting
+    one) is a blow-up, or ``None``: the one test of every relaxer."""
+    e = energy / natoms
     lo, hi = settings.energy_range
     if not (math.isfinite(e) and lo <= e <= hi):
         return f"energy {e:.3f} eV/atom outside [{lo}, {hi}]"
-    f = atoms.get_forces(apply_constraint=False)
-    fmax = float(np.sqrt((f ** 2).sum(axis=1)).max()) if len(f) else 0.0
+    fmax = float(np.sqrt((forces ** 2).sum(axis=1)).max()) if len(forces) else 0.0
     if not (math.isfinite(fmax) and fmax <= settings.max_force):
         return f"force {fmax:.3g} eV/Å above {settings.max_force}"
-    ratio = atoms.get_volume() / v0
     vlo, vhi = settings.volume_range
-    if not vlo <= ratio <= vhi:
-        return f"volume changed by a factor {ratio:.2f} (outside [{vlo}, {vhi}])"
+    if not vlo <= volume_ratio <= vhi:
+        return f"volume changed by a factor {volume_ratio:.2f} (outside [{vlo}, {vhi}])"
     return None
 
 
+def _blowup(atoms: Atoms, v0: float, settings: RelaxSettings) -> str | None:
+    """Why the current state is a blow-up, or ``None``."""
+    return check_state(atoms.get_potential_energy(), atoms.get_forces(apply_constraint=False),
+                       atoms.get_volume() / v0, len(atoms), settings)
+
+
 def _result(atoms: Atoms, steps: int, t0: float, error: str | None,
-            converged: bool = False) -> RelaxResult:
+            converged: bool = False, symprec: float = 0.01) -> RelaxResult:
     """The result of a relaxation that ended at ``atoms`` (with ``error``, if any)."""
     seconds = time.monotonic() - t0
     if error:
-        return RelaxResult(steps=steps, error=error, seconds=seconds)
+        return RelaxResult(steps=steps, error=error, seconds=seconds, relaxer="ase")
     return RelaxResult(energy=float(atoms.get_potential_energy() / len(atoms)), steps=steps,
-                       relaxed=atoms_to_text(atoms), seconds=seconds, converged=bool(converged))
+                       relaxed=atoms_to_text(atoms), seconds=seconds, converged=bool(converged),
+                       relaxer="ase", spg=space_group(atoms, symprec))
 
 
 def _quietly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -203,15 +219,12 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings = RelaxSetting
         for converged in opt.irun(fmax=fmax, steps=max_steps):
             steps = opt.nsteps
             error = _blowup(atoms, v0, settings)
-            if error or converged:
-                return _result(atoms, steps, t0, error, converged)
-            if time.monotonic() - t0 > settings.timeout:
-                return _result(atoms, steps, t0, f"timed out after {settings.timeout:g} s "
-                                                 f"({steps} steps)")
-        return _result(atoms, steps, t0, None)
+            if error or converged or time.monotonic() - t0 > settings.timeout:
+                return _result(atoms, steps, t0, error, converged, settings.symprec)
+        return _result(atoms, steps, t0, None, symprec=settings.symprec)
     except Exception as exc:  # a back end's failure is a recorded result
         return RelaxResult(steps=steps, error=f"{type(exc).__name__}: {exc}"[:500],
-                           seconds=time.monotonic() - t0)
+                           seconds=time.monotonic() - t0, relaxer="ase")
 
 
 # ---------------------------------------------------------------------------
@@ -248,7 +261,7 @@ def relax_lockstep(structures: Sequence[Atoms], evaluate: BatchEvaluator,
         try:
             atoms, movable = _prepare(a, settings)
         except Exception as exc:
-            results[i] = RelaxResult(error=f"{type(exc).__name__}: {exc}")
+            results[i] = RelaxResult(error=f"{type(exc).__name__}: {exc}", relaxer="ase")
             continue
         atoms.calc = _Cached()
         opt = FIRE(movable, maxstep=settings.maxstep, logfile=None)
@@ -260,20 +273,20 @@ def relax_lockstep(structures: Sequence[Atoms], evaluate: BatchEvaluator,
         except Exception as exc:
             for i, *_ in active:
                 results[i] = RelaxResult(error=f"{type(exc).__name__}: {exc}"[:500],
-                                         seconds=time.monotonic() - t0)
+                                         seconds=time.monotonic() - t0, relaxer="ase")
             break
         still = []
         for (i, atoms, opt, max_steps, v0), res in zip(active, out):
             atoms.calc.fill(atoms, res)
             converged = opt.gradient_converged(opt.optimizable.get_gradient())
             error = _blowup(atoms, v0, settings)
-            if not error and not converged and time.monotonic() - t0 > settings.timeout:
-                error = f"timed out after {settings.timeout:g} s ({opt.nsteps} steps)"
-            if error or converged or opt.nsteps >= max_steps:
-                results[i] = _result(atoms, opt.nsteps, t0, error, converged)
+            if (error or converged or opt.nsteps >= max_steps
+                    or time.monotonic() - t0 > settings.timeout):
+                results[i] = _result(atoms, opt.nsteps, t0, error, converged, settings.symprec)
                 continue
             opt.step()
             opt.nsteps += 1
             still.append((i, atoms, opt, max_steps, v0))
         active = still
-    return [r if r is not None else RelaxResult(error="not relaxed") for r in results]
+    return [r if r is not None else RelaxResult(error="not relaxed", relaxer="ase")
+            for r in results]

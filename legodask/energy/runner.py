@@ -1,6 +1,9 @@
 """Many structures with one model: the one place that picks how they are relaxed --
-in batches when the model has a batched path, in a child process when it can
-crash the interpreter, else here with one calculator for all."""
+by the fast relaxers unless ``settings.relaxer`` is ``ase`` (the batched relaxer
+for models with a TorchSim model; LAMMPS's own minimiser, in the isolating child,
+for LAMMPS models), else in lock-step batches when the model has a batch
+evaluator, in a child process when it can crash the interpreter, or here with
+one calculator for all."""
 
 from __future__ import annotations
 
@@ -16,11 +19,15 @@ from .relax import RelaxResult, RelaxSettings, relax, relax_lockstep
 def relax_many(model: EnergyModel, structures: Sequence[Atoms],
                settings: RelaxSettings = RelaxSettings(),
                isolate: bool | None = None) -> list[RelaxResult]:
-    """Relax ``structures`` with ``model``: in batches when the model has a batched
-    path, in a child process when it can crash the interpreter (``model.isolate``
+    """Relax ``structures`` with ``model``: by the batched relaxer or the back end's
+    own minimiser (``settings.relaxer`` fast), in lock-step batches, in a child process when it can crash the interpreter (``model.isolate``
     unless ``isolate`` says otherwise), else here with one calculator for all."""
     if not structures:
         return []
+    if settings.relaxer != "ase" and model.make_torchsim is not None:
+        from .batched import relax_batched
+
+        return relax_batched(structures, model.make_torchsim(), settings)
     if model.make_batch is not None and settings.batch_size > 1:
         evaluate = model.make_batch()
         return [r for k in range(0, len(structures), settings.batch_size)

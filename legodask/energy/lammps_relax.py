@@ -1,0 +1,193 @@
+"""Relaxation inside LAMMPS: one persistent instance relaxing structures one after
+another with its own minimiser and the cell free.
+
+Each structure replaces the previous one in the same instance (``delete_atoms``
+and ``change_box`` would keep stale state, so the box is rebuilt after ``clear``,
+which keeps the loaded library and its potential files cached by the OS).  The
+cell relaxes under ``fix box/relax tri 0.0`` (all six cell degrees of freedom to
+zero stress) with conjugate gradients and the quadratic line search that
+``box/relax`` wants; ``minimize`` stops at the force tolerance, the step budget
+or ``timer timeout`` (the wall-clock limit, which stops it cleanly so the last
+geometry is kept).  A minimisation that ends before the structure meets the same
+convergence test as the ASE path (largest atomic force and cell force below
+``fmax``) is restarted from where it stopped (``box/relax`` measures the cell
+against its state at the start of each ``minimize``), within the same budget.
+LAMMPS does not impose symmetry: the result records the space group it reached.
+Used in ``isolate``'s child process, so a crash of LAMMPS costs one structure.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from .relax import RelaxResult, RelaxSettings, atoms_to_text, budget, check_state
+from .symmetry import space_group
+
+# The two phases a relaxation alternates: conjugate gradients with the cell free,
+# then, where ReaxFF's forces stop matching its energy (its bond-order cut-offs)
+# and the line search stalls, FIRE on the atoms, which needs forces only (LAMMPS's
+# damped-dynamics minimisers do not move the cell).
+CELL_PHASE = ["fix relax all box/relax tri 0.0 vmax 0.01", "min_style cg",
+              "min_modify line quadratic norm max"]
+ATOMS_PHASE = ["unfix relax", "min_style fire", "min_modify norm max"]
+PHASE_STEPS = 50         # iterations of one phase at most
+MAX_EVALS_PER_STEP = 3   # force evaluations per iteration (line search) at most
+
+
+class LammpsRelaxer:
+    """Relax structures one after another in one LAMMPS instance.
+
+    ``lmpcmds`` are the potential's commands (``pair_style``, ``pair_coeff``),
+    ``header`` the ones before the box (``units``, ``atom_style``; LAMMPS's
+    defaults with ``units metal`` when ``None``), ``elements`` the atom types 1.."""
+
+    def __init__(self, lmpcmds: Sequence[str], elements: Sequence[str],
+                 header: Sequence[str] | None = None,
+                 settings: RelaxSettings = RelaxSettings()):
+        from .lammps import import_lammps
+
+        self.lmpcmds = list(lmpcmds)
+        self.types = {el: i + 1 for i, el in enumerate(elements)}
+        self.header = list(header) if header is not None else ["units metal",
+                                                               "atom_style atomic"]
+        self.units = next(c.split()[1] for c in self.header if c.startswith("units"))
+        self.settings = settings
+        self._lammps = import_lammps()
+        self.lmp = self._new()
+
+    def _new(self) -> Any:
+        return self._lammps.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+
+    def close(self) -> None:
+        self.lmp.close()
+
+    def __call__(self, atoms: Atoms) -> RelaxResult:
+        """Relax one structure; LAMMPS's errors become failed results (and a fresh
+        instance serves the next structure)."""
+        t0 = time.monotonic()
+        try:
+            return self._relax(atoms, t0)
+        except Exception as exc:
+            self.lmp.close()
+            self.lmp = self._new()
+            return RelaxResult(error=f"{type(exc).__name__}: {exc}"[:500], relaxer="lammps",
+                               seconds=time.monotonic() - t0)
+
+    # -- one structure ---------------------------------------------------------
+    def _setup(self, atoms: Atoms) -> Any:
+        from ase.calculators.lammps import Prism
+        from ase.data import atomic_masses, atomic_numbers
+
+        prism = Prism(np.asarray(atoms.cell), pbc=True)
+        xhi, yhi, zhi, xy, xz, yz = (repr(float(v)) for v in prism.get_lammps_prism())
+        lmp = self.lmp
+        lmp.command("clear")
+        lmp.commands_list([*self.header, "boundary p p p", "atom_modify map array sort 0 0",
+                           f"region cell prism 0 {xhi} 0 {yhi} 0 {zhi} {xy} {xz} {yz} units box",
+                           f"create_box {len(self.types)} cell"])
+        for el, t in self.types.items():
+            lmp.command(f"mass {t} {float(atomic_masses[atomic_numbers[el]])!r}")
+        x = prism.vector_to_lammps(atoms.positions, wrap=True)
+        lmp.create_atoms(len(atoms), list(range(1, len(atoms) + 1)),
+                         [self.types[s] for s in atoms.get_chemical_symbols()],
+                         x.ravel().tolist())
+        lmp.commands_list([*self.lmpcmds, "neighbor 0.5 bin",
+                           "neigh_modify every 1 delay 0 check yes",
+                           "thermo_style custom step pe pxx pyy pzz pxy pxz pyz",
+                           "thermo_modify norm no flush no"])
+        return prism
+
+    def _relax(self, atoms: Atoms, t0: float) -> RelaxResult:
+        from ase.calculators.lammps import convert
+
+        s = self.settings
+        n = len(atoms)
+        fmax, max_steps = budget(n, s)
+        prism = self._setup(atoms)
+        lmp = self.lmp
+        v0 = atoms.get_volume()
+        ftol = convert(fmax, "force", "ASE", self.units)
+        steps, converged, state = 0, False, None
+        k = idle = 0
+        while steps < max_steps and idle < 2 and time.monotonic() - t0 < s.timeout:
+            lmp.commands_list(ATOMS_PHASE if k % 2 else CELL_PHASE)
+            k += 1
+            todo = min(PHASE_STEPS, max_steps - steps)
+            lmp.command("reset_timestep 0")
+            left = s.timeout - (time.monotonic() - t0)
+            lmp.command(f"timer timeout {max(left, 1.0):.1f} every 10")
+            lmp.command(f"minimize 0.0 {float(ftol)!r} {todo} {MAX_EVALS_PER_STEP * todo}")
+            done = int(lmp.extract_global("ntimestep"))
+            steps += done
+            idle = 0 if done else idle + 1
+            state = self._read(prism, atoms)
+            error = check_state(state["energy"], state["forces"], state["volume"] / v0, n, s)
+            if error:
+                return RelaxResult(steps=steps, error=error, relaxer="lammps",
+                                   seconds=time.monotonic() - t0)
+            converged = state["fmax"] <= fmax
+            if converged:
+                break
+        if state is None:
+            state = self._read(prism, atoms)
+        relaxed, energy = state["atoms"], state["energy"]
+        spg = space_group(relaxed, s.symprec)
+        start = space_group(atoms, s.symprec)
+        if spg != start:
+            relaxed, energy, spg = self._symmetrized(relaxed, energy, spg, start)
+        return RelaxResult(energy=energy / n, steps=steps, relaxed=atoms_to_text(relaxed),
+                           seconds=time.monotonic() - t0, converged=bool(converged),
+                           relaxer="lammps", spg=spg)
+
+    def _symmetrized(self, relaxed: Atoms, energy: float, spg: int,
+                     start: int) -> tuple[Atoms, float, int]:
+        """Where the relaxed structure drifted out of the space group it started in
+        (``box/relax`` moves a hexagonal cell's tilt apart from its lengths) but
+        is still in it at a looser tolerance: the structure symmetrised in it (ASE's
+        ``refine_symmetry``) and its energy there; else it as it is."""
+        from ase.spacegroup.symmetrize import refine_symmetry
+
+        for loose in (3 * self.settings.symprec, 10 * self.settings.symprec):
+            if space_group(relaxed, loose) == start:
+                fixed = relaxed.copy()
+                refine_symmetry(fixed, symprec=loose)
+                prism = self._setup(fixed)
+                return fixed, self._read(prism, fixed)["energy"], start
+        return relaxed, energy, spg
+
+    def _read(self, prism: Any, atoms: Atoms) -> dict[str, Any]:
+        """Energy (eV), forces (eV/Å), geometry and the convergence measure (the
+        larger of the largest atomic force and the largest row of virial/N, the
+        cell force of ASE's Fréchet filter) of the current state, in ASE's frame."""
+        from ase.calculators.lammps import convert
+
+        lmp = self.lmp
+        n = len(atoms)
+        lmp.command("run 0")
+        energy = convert(lmp.get_thermo("pe"), "energy", self.units, "ASE")
+        p = [lmp.get_thermo(k) for k in ("pxx", "pyy", "pzz", "pxy", "pxz", "pyz")]
+        press = np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]])
+        stress = -convert(prism.tensor2_to_ase(press), "pressure", self.units, "ASE")
+        forces = convert(np.array(lmp.gather_atoms("f", 1, 3)).reshape(n, 3),
+                         "force", self.units, "ASE")
+        boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
+        lx, ly, lz = (hi - lo for hi, lo in zip(boxhi, boxlo))
+        tilt = np.array([[lx, 0, 0], [xy, ly, 0], [xz, yz, lz]])
+        cell = tilt @ prism.rot_mat.T
+        x = np.array(lmp.gather_atoms("x", 1, 3)).reshape(n, 3) - np.asarray(boxlo)
+        relaxed = Atoms(atoms.numbers, x @ prism.rot_mat.T, cell=cell, pbc=True)
+        relaxed.wrap()
+        volume = relaxed.get_volume()
+        virial = -volume * stress / n
+        f_atoms = float(np.sqrt((forces ** 2).sum(axis=1)).max()) if n else 0.0
+        f_cell = float(np.sqrt((virial ** 2).sum(axis=1)).max())
+        return {"energy": float(energy), "forces": forces, "volume": volume,
+                "fmax": max(f_atoms, f_cell) if math.isfinite(f_atoms) else math.inf,
+                "atoms": relaxed}
+
