@@ -1,6 +1,8 @@
 """Device checks on a GPU machine, in one short run: the batched pre-relaxation's
-structures per minute (issue 4: >= 1,000 per minute) and sampling rows per second
-against ``ctgan``'s ``sample`` on the same GPU (issue 5: >= 10x).
+structures per minute (issue 4: >= 1,000 per minute), sampling rows per second
+against ``ctgan``'s ``sample`` on the same GPU (issue 5: >= 10x), and the rank
+stage's batched relaxer (CHGNet) in structures per minute against CHGNet one
+structure at a time on one CPU core (issue 18: >= 10x).
 
 The device machine has PyTorch but not pyxtal, ase, dask or ctgan, and no data, so
 the inputs are made here and travel, with the wheels, in two git-ignored folders:
@@ -49,7 +51,9 @@ LEGODASK_WHEELS = ("pyxtal==1.1.5 pymatgen==2026.10.24 pymatgen-core==2026.10.16
                    "importlib_metadata==10.2.0 lazy-importer==0.1.0 wcwidth==0.9.4 "
                    "pyocse==0.1.6 vasprun-xml==1.0.4 pandas==3.1.1 dask==2026.8.0 "
                    "distributed==2026.8.0 tblib==3.2.2 zict==3.0.0 locket==1.0.0 "
-                   "partd==1.4.2 tornado==6.6.1")
+                   "partd==1.4.2 tornado==6.6.1 chgnet==0.4.2 torch-sim-atomistic==0.3.0 "
+                   "vesin==0.6.2 vesin-torch==0.6.2 tables==3.11.1 numexpr==2.14.2 "
+                   "blosc2==4.14.1 ndindex==1.10.1 py-cpuinfo==9.0.0")
 CTGAN_WHEELS = ("ctgan==0.12.1 rdt==2.0.0 Faker==40.63.0 pandas==2.3.3 pytz==2026.6 "
                 "tzdata==2026.6")
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
@@ -96,6 +100,8 @@ def prepare(run: Path, seed: int = 0) -> None:
     INPUTS.mkdir(exist_ok=True)
     with open(INPUTS / "prerelax.pkl", "wb") as f:
         pickle.dump(rows, f)
+    with open(INPUTS / "rank.pkl", "wb") as f:          # the rank benchmark's structures
+        pickle.dump(training_structures(), f)
     for name in MODELS:
         src, dst = Run(run).model_dir(name), INPUTS / "run/models" / name
         dst.mkdir(parents=True, exist_ok=True)
@@ -185,6 +191,42 @@ def relax_check(rows: list[dict], device: str, batch: int, cap_s: float) -> dict
             "threads": torch.get_num_threads()}
 
 
+def training_structures() -> list:
+    """The 140 training structures of sp2_sacada.db (ASE Atoms), as the rank
+    benchmark relaxes them."""
+    from ase.db import connect
+
+    from legodask.sources.sacada import sacada_db
+
+    excluded = {1, 32, 47, 48, 49, 50, 51, 52, 130, 144}
+    return [r.toatoms() for r in connect(sacada_db(fetch=False)).select()
+            if r.id not in excluded]
+
+
+def rank_check(structures: list, device: str, relaxer: str, cap_s: float) -> dict:
+    """CHGNet (bundled weights) relaxing training structures with ``relaxer`` on
+    ``device`` (``batched``: the in-flight batched relaxer; ``ase``: one at a time),
+    chunks of 16 until ``cap_s`` seconds: structures per minute (wall)."""
+    from legodask import energy as E
+    from legodask.energy.relax import RelaxSettings
+    from legodask.energy.runner import relax_many
+
+    model = E.get_model("chgnet", device=device)
+    settings = RelaxSettings(relaxer="fast" if relaxer == "batched" else "ase")
+    done, converged, wall, energies = 0, 0, 0.0, []
+    for i in range(0, len(structures), 16):
+        t0 = time.perf_counter()
+        out = relax_many(model, structures[i:i + 16], settings)
+        wall += time.perf_counter() - t0
+        done += len(out)
+        converged += sum(r.converged for r in out)
+        energies += [r.energy for r in out]
+        if wall > cap_s:
+            break
+    return {"device": device, "relaxer": relaxer, "structures": done, "converged": converged,
+            "wall_s_relax": wall, "per_minute": 60 * done / wall, "energies": energies}
+
+
 def sample_check(run: Path, name: str, n: int, workers: int) -> dict:
     """``legodask sample`` of ``n`` rows on a LocalCluster of ``workers`` processes
     (the model on the GPU when there is one, decoding on each worker's core), and the
@@ -255,6 +297,11 @@ def run_checks(out: Path, device: str, quick: bool, ctgan_path: str | None) -> N
     for name in MODELS:
         step(res, f"sample_{name}", sample_check, INPUTS / "run", name, n, workers)
     step(res, "ctgan", ctgan_check, INPUTS / "ctgan_rows.parquet", n, ctgan_path)
+    with open(INPUTS / "rank.pkl", "rb") as f:
+        structures = pickle.load(f)[:32 if quick else None]
+    step(res, "rank_chgnet_cpu_ase", rank_check, structures, "cpu", "ase", 60.0)
+    step(res, "rank_chgnet_" + device, rank_check, structures, device, "batched",
+         30.0 if quick else 180.0)
 
 
 # ---------------------------------------------------------------------------

@@ -149,9 +149,9 @@ def db_columns(data: list[dict]) -> dict:
 
 def _merge(res: dict, old: dict) -> None:
     """Add to ``res`` the models and parameter files of ``old`` that it lacks."""
-    done = {m["model"] for m in res["models"]}
+    done = {(m["model"], m.get("relaxer", "ase")) for m in res["models"]}
     for m in old.get("models", []):
-        if m["model"] not in done:
+        if (m["model"], m.get("relaxer", "ase")) not in done:
             m.setdefault("n_structures", m["vs_vasp"].get("n"))
             m.setdefault("subset", old.get("subset"))
             res["models"].append(m)
@@ -222,13 +222,15 @@ def main() -> None:
     ap.add_argument("--ffield-limit", type=int, default=None,
                     help="structures for the parameter-file comparison (0: skip it)")
     ap.add_argument("--workers", type=int, default=1, help="processes, one structure each")
+    ap.add_argument("--relaxer", default="fast", choices=("fast", "ase"),
+                    help="fast: LAMMPS's minimiser / the batched relaxer; ase: ASE's FIRE")
     ap.add_argument("--merge", action="store_true",
                     help="keep the previous results' models and parameter files not redone")
     args = ap.parse_args()
     max_atoms = args.max_atoms or (24 if args.quick else 64)
     limit = args.limit or (8 if args.quick else 40)
     ff_limit = args.ffield_limit if args.ffield_limit is not None else (6 if args.quick else 16)
-    settings = RelaxSettings(timeout=300)
+    settings = RelaxSettings(timeout=300, relaxer=args.relaxer)
     data = training_set(max_atoms, limit)
     res: dict = {"subset": f"{len(data)} of the 140 training structures with <= {max_atoms} "
                            f"atoms, evenly spaced", "settings": str(settings),
@@ -237,7 +239,7 @@ def main() -> None:
         opts = {"device": "cpu"} if name in ("chgnet", "mace") else {}
         print(f"{name}: {len(data)} structures ...", flush=True)
         res["models"].append(run_model(name, opts, data, settings, args.workers)
-                             | {"subset": res["subset"]})
+                             | {"subset": res["subset"], "relaxer": args.relaxer})
         print(json.dumps({k: v for k, v in res["models"][-1].items() if k != "structures"},
                          indent=1), flush=True)
     if ff_limit:

@@ -80,7 +80,7 @@ def test_rank_frame_chains_models_above_graphite(rows):
     out = ranking.rank_frame(rows, ["tersoff", "rebo"], settings=FAST, references=refs)
     assert len(out) == len(rows) and list(out.columns[:len(rows.columns)]) == list(rows.columns)
     for m in ("tersoff", "rebo"):
-        energy, e_above, steps, relaxed, error, converged = S.energy_columns(m)
+        energy, e_above, steps, relaxed, error, converged, relaxer, spg = S.energy_columns(m)
         g, d, bad = out.to_dict("records")
         assert g[error] is None and d[error] is None
         assert g[converged] and d[converged] and not bad[converged]
@@ -88,6 +88,8 @@ def test_rank_frame_chains_models_above_graphite(rows):
         assert len(text_to_atoms(d[relaxed])) == 8
         assert "not a valid crystal" in bad[error] and np.isnan(bad[energy])
         assert out[steps].dtype == "int32"
+        assert g[relaxer] == d[relaxer] == "lammps" and bad[relaxer] is None
+        assert (g[spg], d[spg], bad[spg]) == (194, 227, 0)
     # the second model starts where the first stopped: REBO relaxes Tersoff's graphite
     tersoff_graphite = text_to_atoms(out.loc[0, "relaxed_tersoff"])
     assert tersoff_graphite.cell.cellpar()[0] == pytest.approx(2.529, abs=0.01)
