@@ -39,8 +39,9 @@ RANKED = "ranked"
 RANK_UNIQUE = "rank_unique"             # the pre-relaxed rows, deduplicated before ranking
 FINGERPRINTS = "fingerprints"
 TRAIN_FINGERPRINTS = "train_fingerprints"
+KNOWN = "known"                         # known crystals: fingerprints and nets (novelty)
 TABLES = [INGESTED, DECODED, AUGMENTED, SAMPLES, PRERELAXED, RANKED, RANK_UNIQUE,
-          FINGERPRINTS, TRAIN_FINGERPRINTS]
+          FINGERPRINTS, TRAIN_FINGERPRINTS, KNOWN]
 
 ID = "id"
 # Single columns that stages read by name.
@@ -93,6 +94,15 @@ FP_DATA = "fp_data"                    # JSON cell and environments: first row o
 FP_ERROR = "fp_error"                  # why a row has no fingerprint
 FP_DTYPES = {FINGERPRINT: "object", FP_VBIN: "int32", FP_SPG: "int16", FP_NATOMS: "int32",
              FP_DATA: "object", FP_ERROR: "object"}
+# What a crystal is (crystal.topology): dimensionality and net.
+DIMENSION = "dimension"                # largest periodicity of a bonded component, 0..3
+COMPONENTS = "components"              # bonded components in the cell
+TOPOLOGY_KEY = "topology_key"          # hash of the net's coordination sequences
+TOPOLOGY = "topology"                  # RCSR name of the net, or ""
+TOPOLOGY_ERROR = "topology_error"      # why a row has no topology
+TOPOLOGY_DTYPES = {DIMENSION: "int8", COMPONENTS: "int32", TOPOLOGY_KEY: "object",
+                   TOPOLOGY: "object", TOPOLOGY_ERROR: "object"}
+KNOWN_ID = "known_id"                  # dedup: the known crystal a row is (null: new)
 IS_NEW = "is_new"                      # dedup: the first occurrence among all seen
 FIRST_ID = "first_id"                  # dedup: the id of that first occurrence
 # Prefixes of the rank stage's columns per energy model (``energy_columns``).
@@ -107,7 +117,7 @@ AUGMENT_ERRORS = "augment_errors"    # augment: the structure's subgroup tries t
 
 # Every column name a stage writes (the energy columns are per model: energy_columns).
 ALL_COLUMNS = [*COLUMNS, *PRERELAX, *FP_DTYPES, IS_NEW, FIRST_ID, TRAIN, FILTER_REASON,
-               SUBGROUP_PATH, AUGMENT_ERRORS]
+               SUBGROUP_PATH, AUGMENT_ERRORS, *TOPOLOGY_DTYPES, KNOWN_ID]
 
 
 def energy_columns(model: str) -> list[str]:

@@ -12,6 +12,7 @@ from ase.db import connect
 from legodask import schema as S
 from legodask.analysis import dedup as D
 from legodask.analysis import metrics as M
+from legodask.analysis.novelty import add_known
 from legodask.cli import main
 from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row
 from legodask.crystal.frame import decode_frame
@@ -71,7 +72,12 @@ def build_tiny_run(path: Path, db_path: Path) -> Run:
     train = pd.DataFrame([{**reps[i][0], "id": f"sacada-{i}"} for i in (A, C, T)])
     train["vasp_energy"] = [-8.9, -8.6, -8.7]
     run.write_frame_table("ingested", S.conform(train))
-    D.dedup(run, "ranked")
+    known = path.parent / "sacada.db"           # known crystals: sacada-1 A, -2 C, -3 T
+    with connect(known) as db:
+        for i in (A, C, T):
+            db.write(connect(db_path).get(id=i).toatoms())
+    add_known(run, known)
+    D.dedup(run, "ranked", known=run.path)
     return run
 
 
@@ -89,6 +95,29 @@ def test_metrics_of_a_tiny_run_match_the_hand_count(tiny_run, capsys):
     assert "| run | N_total | N_valid_xtal | N_valid_env | N_unique | N_train |" in printed
     assert ("| 10 | 8 | 7 | 4 | 2 | reaxff: 3 / mace: 2 | reaxff: 1 / mace: 1 |"
             in printed)
+    assert "| N_3d | N_new | N_new_net | N_SUN | N_SUN_3d | N_SUN_cubic |" in printed
+
+
+def test_sun_counts_of_the_tiny_run(tiny_run):
+    """Known: A and C (and T, never generated); new: B and D.  Stable within 0.5
+    eV/atom: reaxff {A, B, C}, mace {A, D}; so SUN reaxff {B}, mace {D}; the only
+    cubic crystal, A (srs), is known."""
+    fps = tiny_run.read("fingerprints").compute().set_index("id")
+    assert fps.loc[["s0", "s1", "s2", "s5"], "known_id"].tolist() == [
+        "sacada-1", "sacada-1", "sacada-1", "sacada-2"]
+    assert fps.loc[["s3", "s4", "s6"], "known_id"].isna().all()
+    assert fps.loc["s0", "topology"] == "srs" and (fps["dimension"].dropna() >= 0).all()
+    nov = M.compute_metrics(tiny_run)["novelty"]
+    assert nov["by_dimension"] == {"3": 4} and nov["n_3d"] == 4
+    assert ["srs", 1] in nov["top_nets"]
+    assert (nov["n_new"], nov["n_new_3d"], nov["n_new_cubic"]) == (2, 2, 0)
+    assert nov["n_new_net"] == 2                   # B's and D's nets are not A's, C's, T's
+    assert nov["n_stable"] == {"reaxff": 3, "mace": 2}
+    assert nov["n_SUN"] == {"reaxff": 1, "mace": 1}
+    assert nov["n_SUN_3d"] == {"reaxff": 1, "mace": 1}
+    assert nov["n_SUN_cubic"] == {"reaxff": 0, "mace": 0}
+    tight = M.compute_metrics(tiny_run, window=0.2)["novelty"]
+    assert tight["n_SUN"] == {"reaxff": 0, "mace": 1}           # D at 0.10 with mace
 
 
 def test_window_changes_the_low_energy_counts(tiny_run):

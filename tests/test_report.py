@@ -40,11 +40,17 @@ def test_report_is_self_contained_with_its_plots(run, capsys):
     assert main(["report", "--run", str(run.path)]) == 0
     page = run.file("report.html").read_text()
     images = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
-    assert [t for t, _ in images] == ["Counts", "Energy distribution", "Complexity"]
+    # the new candidates (B and D; A and C are known) by mace energy, then the plots
+    assert [t for t, _ in images] == ["s6", "s3", "Counts", "Energy distribution",
+                                      "Complexity"]
     for _, b64 in images:
         png = base64.b64decode(b64)
         assert png.startswith(b"\x89PNG") and len(png) > 5000
     assert "<td>10</td><td>8</td><td>7</td><td>4</td><td>2</td>" in page
+    assert "0.100 eV/atom above graphite (mace)" in page and "3D" in page
+    assert "prerelaxed: 8 of 8 rows pre-relaxed; 7 reached the environment" in page
+    assert "fingerprints: 7 of 7 rows fingerprinted" in page
+    assert "<td>srs</td><td>1</td>" in page                    # the most frequent nets
     assert "src=\"http" not in page and "<script" not in page     # nothing fetched
     assert "wrote" in capsys.readouterr().out
 
@@ -99,6 +105,24 @@ def test_export_formats_use_the_relaxed_geometry(run, tmp_path):
                  "--out", str(tmp_path / "db")]) == 0
     db = connect(tmp_path / "db" / "structures.db")
     assert db.count() == 5 and {r.sid for r in db.select("spg=214")} == {"s0", "s1"}
+
+
+def test_export_filters_on_net_dimension_and_novelty(run, tmp_path):
+    """known_id, dimension and topology come from the fingerprints when the table
+    lacks them: A (srs, known) is s0 s1 s2, the new crystals B and D are s3 s4 s6."""
+    def ids(where: str) -> list[str]:
+        out = tmp_path / str(abs(hash(where)))
+        export(run, "ranked", out, "cif", where)
+        return sorted(p.stem for p in out.glob("*.cif"))
+
+    assert ids("topology = 'srs'") == ["s0", "s1", "s2"]
+    assert ids("known_id IS NULL AND dimension = 3") == ["s3", "s4", "s6"]
+    assert ids("known_id IS NOT NULL AND topology <> 'srs'") == ["s5"]
+    assert main(["export", "--run", str(run.path), "--where", "known_id IS NULL",
+                 "--unique", "--format", "extxyz", "--out", str(tmp_path / "new")]) == 0
+    frames = read(tmp_path / "new" / "structures.extxyz", index=":")
+    assert [f.info["sid"] for f in frames] == ["s3", "s6"]
+    assert all(f.info["dimension"] == 3 for f in frames)
 
 
 def test_tables_api(run):

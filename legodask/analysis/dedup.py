@@ -8,7 +8,11 @@ partition of the input, holding for every input row its fingerprint and
 * ``first_id``: the id of that first occurrence (the row's own id when new);
 * ``fp_data``: kept only on the first row of each crystal *in this run*, so the
   rows with ``fp_data`` are the run's unique crystals and the seen set of the next
-  batch.
+  batch;
+* ``dimension``, ``topology_key``, ``topology``: the net of the geometry
+  fingerprinted (``crystal.topology``);
+* ``known_id``: with a known table (``known``), the known crystal the row is
+  (``analysis.novelty``), null when it is new.
 
 A batch is processed by a DuckDB join over the Parquet files: the inner join on
 the coarse key (and neighbouring volume bins) gives the few candidates that the
@@ -32,13 +36,17 @@ import dask
 import pandas as pd
 
 from ..crystal import fingerprint as F
+from ..crystal.topology import topology_frame
 from .. import schema as S
 from ..store import Run, StageResult
+from . import novelty
 from .query import sql_list
 
 log = logging.getLogger("legodask")
 
-DTYPES = {S.ID: "object", **S.FP_DTYPES, S.IS_NEW: "bool", S.FIRST_ID: "object"}
+TOPOLOGY = [S.DIMENSION, S.TOPOLOGY_KEY, S.TOPOLOGY]      # the net's columns kept
+DTYPES = {S.ID: "object", **S.FP_DTYPES, **{c: S.TOPOLOGY_DTYPES[c] for c in TOPOLOGY},
+          S.IS_NEW: "bool", S.FIRST_ID: "object", S.KNOWN_ID: "object"}
 DEFAULT_REQUIRE = (S.VALID_XTAL, S.VALID_ENV)
 OWN = "own"          # a candidate's flag: from this run (not an ``against`` table)
 
@@ -51,13 +59,15 @@ def empty() -> pd.DataFrame:
 def fingerprint_part(df: pd.DataFrame, tag: str, geometry: str | None = None,
                      symprec: float = F.SYMPREC,
                      require: Sequence[str] = DEFAULT_REQUIRE) -> pd.DataFrame:
-    """Kernel: fingerprint a partition, keep only ``id`` and the fingerprint columns
-    (rows without an id are named ``<tag>-<row>``)."""
+    """Kernel: fingerprint a partition and find the net of each row fingerprinted,
+    keep only ``id``, the fingerprint and the net (rows without an id are named
+    ``<tag>-<row>``)."""
     fp = F.fingerprint_frame(df, geometry, symprec, require)
+    fp = topology_frame(fp, geometry, rows=fp[S.FINGERPRINT].notna().to_numpy())
     ids = fp[S.ID] if S.ID in fp.columns else pd.Series([None] * len(fp), index=fp.index)
     fallback = pd.Series([f"{tag}-{k}" for k in range(len(fp))], index=fp.index)
     fp[S.ID] = ids.where(ids.notna(), fallback).astype(object)
-    return fp[[S.ID, *S.FP_DTYPES]].reset_index(drop=True)
+    return fp[[S.ID, *S.FP_DTYPES, *TOPOLOGY]].reset_index(drop=True)
 
 
 def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
@@ -93,6 +103,8 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
             buckets[key].append((vbin, mine, match[2], True))
     is_new, first_id, data = zip(*marks) if marks else ((), (), ())
     out = batch.copy()
+    if S.KNOWN_ID not in out.columns:
+        out[S.KNOWN_ID] = None
     out[S.FP_DATA] = pd.Series(list(data), index=batch.index, dtype=object)
     out[S.IS_NEW] = pd.Series(list(is_new), index=batch.index, dtype=bool)
     out[S.FIRST_ID] = pd.Series(list(first_id), index=batch.index, dtype=object)
@@ -178,9 +190,10 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
           against: Sequence[str | Path] = (), geometry: str | None = None,
           symprec: float = F.SYMPREC, matcher: str = "env", env_tol: float = F.ENV_TOL,
           vol_tol: float = F.VOL_TOL, require: Sequence[str] = DEFAULT_REQUIRE,
-          window: int = 8) -> StageResult:
+          window: int = 8, known: str | Path | None = None) -> StageResult:
     """Fingerprint table ``input`` and dedup it, batch by batch, into ``output``:
-    ``window`` partitions are fingerprinted in parallel, then joined in order.  The
+    ``window`` partitions are fingerprinted in parallel, then joined in order; with
+    ``known`` (a folder with a known table) each row's ``known_id`` is marked.  The
     table records what it is made from (``Run.writing``): a rerun with other input or
     options is refused."""
     import dask
@@ -193,6 +206,9 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
     parts = run.read(input).to_delayed()
     made_with = dict(against=[str(a) for a in against], geometry=geometry, matcher=matcher,
                      symprec=symprec)
+    known_parts = novelty.known_files(known) if known is not None else []
+    if known is not None:
+        made_with[S.KNOWN] = str(Path(known).resolve())
     with run.writing(output, input, env_tol=env_tol, vol_tol=vol_tol, require=list(require),
                      **made_with):
         done = run.done_parts(output)
@@ -205,7 +221,7 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
                                                     symprec, list(require)) for i in chunk]
             for i, batch in zip(chunk, compute(tasks, desc=f"{output} fingerprints")):
                 rows += join_batch(run, output, i, batch, others, con, matcher, env_tol,
-                                   vol_tol)
+                                   vol_tol, known_parts)
         run.mark_complete(output, len(parts), source=input, **made_with)
     result = StageResult(output, len(todo), len(done), rows)
     log.debug("%s", result)
@@ -215,11 +231,14 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
 def join_batch(run: Run, output: str, i: int, batch: pd.DataFrame,
                others: Sequence[tuple[Sequence[Path], bool]], con: Any,
                matcher: str = "env", env_tol: float = F.ENV_TOL,
-               vol_tol: float = F.VOL_TOL) -> int:
+               vol_tol: float = F.VOL_TOL, known: Sequence[Path] = ()) -> int:
     """Join fingerprinted batch ``i`` against the ``others`` tables and this run's
     parts before ``i``, and write part ``i`` of ``output``; return its rows."""
     own = [run.part_path(output, j) for j in sorted(run.done_parts(output)) if j < i]
     seen = seen_candidates(con, [*others, (own, True)], batch)
+    if known:            # before ``assign``: every row still has its fp_data
+        batch = batch.assign(**{S.KNOWN_ID: novelty.match_known(
+            batch, novelty.known_candidates(con, known, batch))})
     out = assign(batch, seen, matcher, env_tol, vol_tol)
     n = run.write_part(output, i, out, empty())
     log.debug("%s part %d: %d rows, %d new", output, i, n, int(out[S.IS_NEW].sum()))

@@ -27,14 +27,17 @@ FORMATS = ("cif", "extxyz", "ase-db")
 # Scalar columns worth carrying into extxyz info / ASE db key-value pairs.
 _KEEP = re.compile("^(" + "|".join(
     [*map(re.escape, [S.ID, S.SOURCE, S.PARENT_ID, S.SPG, S.NATOMS, S.DOF, S.LOSS,
-                      S.VALID_ENV, S.FINGERPRINT, S.FP_SPG, S.IS_NEW, S.FIRST_ID]),
+                      S.VALID_ENV, S.FINGERPRINT, S.FP_SPG, S.IS_NEW, S.FIRST_ID,
+                      S.DIMENSION, S.TOPOLOGY_KEY, S.TOPOLOGY, S.KNOWN_ID]),
      *(re.escape(prefix) + ".*" for prefix in (S.ENERGY, S.E_ABOVE))]) + ")$")
 
 
 def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
          limit: int | None = None) -> Iterator[dict[str, Any]]:
     """The selected rows of ``table`` as dicts, streamed; ``where`` is one SQL
-    condition (``query.condition``), checked before this returns."""
+    condition (``query.condition``), checked before this returns.  A table without
+    ``known_id`` (dedup's mark: null when new) or the net's columns gets the
+    fingerprints', so that ``--where "known_id IS NULL AND dimension = 3"`` works."""
     import duckdb
 
     if table not in run.tables():
@@ -45,7 +48,15 @@ def rows(run: Run, table: str, where: str | None = None, unique: bool = False,
     if unique:
         cond.append(f"{S.ID} IN (SELECT {S.ID} FROM {S.FINGERPRINTS} "
                     f"WHERE {S.FP_DATA} IS NOT NULL)")
-    sql = f'SELECT * FROM "{table}"' + (" WHERE " + " AND ".join(cond) if cond else "")
+    source = f'"{table}"'
+    if table != S.FINGERPRINTS and S.FINGERPRINTS in run.tables():
+        have = set(columns(con, table))
+        joined = [c for c in (S.KNOWN_ID, S.DIMENSION, S.TOPOLOGY_KEY, S.TOPOLOGY)
+                  if c in columns(con, S.FINGERPRINTS) and c not in have]
+        if joined:
+            source = (f"(SELECT t.*, {', '.join(f'f.{c}' for c in joined)} FROM "
+                      f'"{table}" t LEFT JOIN {S.FINGERPRINTS} f ON t.{S.ID} = f.{S.ID})')
+    sql = f"SELECT * FROM {source}" + (" WHERE " + " AND ".join(cond) if cond else "")
     if limit is not None:
         sql += f" LIMIT {int(limit)}"
     try:

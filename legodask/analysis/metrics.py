@@ -28,6 +28,8 @@ WINDOW = 0.5                 # eV/atom above the ground state: "low energy"
 CUBIC = 195                  # space groups 195-230
 COUNTS = ["n_total", "n_valid_xtal", "n_valid_env", "n_unique", "n_train",
           "n_lowE_all", "n_lowE_cubic"]
+# Table IV's extension (``novelty_counts``): 3D frameworks, new crystals and nets, SUN.
+NOVELTY_COUNTS = ["n_3d", "n_new", "n_new_net", "n_SUN", "n_SUN_3d", "n_SUN_cubic"]
 
 
 def energy_models(con: Any, table: str) -> list[str]:
@@ -68,6 +70,7 @@ def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
     else:
         notes.append(f"no {S.PRERELAXED} table with {S.VALID_ENV}: n_valid_env unknown")
 
+    out["processed"] = processed(run, con, tables, energy_table)
     if S.FINGERPRINTS not in tables:
         notes.append(f"no {S.FINGERPRINTS} table (run `legodask dedup`): n_unique, n_train "
                      "and low-energy counts unknown")
@@ -95,7 +98,88 @@ def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
                 WHERE f.{S.FINGERPRINT} IS NOT NULL AND r.{S.E_ABOVE}{m} <= ?""",
                                       [window]).fetchone()
             out["n_lowE_all"][m], out["n_lowE_cubic"][m] = int(all_), int(cubic)
+    out["novelty"] = novelty_counts(run, con, source if models else None, models, window,
+                                    notes)
     return {**out, "window": window, "models": models, "notes": notes}
+
+
+def processed(run: Run, con: Any, tables: set[str], energy_table: str = S.RANKED
+              ) -> dict[str, dict[str, Any]]:
+    """Per table, its rows and how many of them its stage actually worked on:
+    pre-relaxed (with the stage's ``limit``), relaxed per energy model, fingerprinted."""
+    def one(sql: str) -> int:
+        return int(con.execute(sql).fetchone()[0] or 0)
+
+    out: dict[str, dict[str, Any]] = {}
+    for table, what in ((S.SAMPLES, None), (S.PRERELAXED, S.LOSS),
+                        (energy_table, None), (S.FINGERPRINTS, S.FINGERPRINT)):
+        if table not in tables:
+            continue
+        cols = columns(con, table)
+        entry: dict[str, Any] = {"rows": one(f'SELECT count(*) FROM "{table}"')}
+        if what in cols:
+            entry["processed"] = one(f'SELECT count({what}) FROM "{table}"')
+        if table == S.PRERELAXED:
+            entry["limit"] = run.info(table).get("limit")
+            if S.VALID_ENV in cols:
+                entry["reached"] = one(f"SELECT count(*) FROM {table} WHERE {S.VALID_ENV}")
+        if table == energy_table:
+            entry["processed"] = {m: one(f'SELECT count("{S.ENERGY}{m}") FROM "{table}"')
+                                  for m in energy_models(con, table)}
+        out[table] = entry
+    return out
+
+
+def novelty_counts(run: Run, con: Any, energy_table: str | None, models: Sequence[str],
+                   window: float, notes: list[str]) -> dict[str, Any]:
+    """What the unique crystals are: counts by dimension, the most frequent nets,
+    the 3D ones, and with a known table the new ones, those with a new net and the
+    SUN counts (stable: within ``window`` of graphite; unique; new), overall, for
+    3D frameworks and for cubic groups, per energy model."""
+    fp_cols = columns(con, S.FINGERPRINTS)
+    if S.TOPOLOGY_KEY not in fp_cols:
+        notes.append(f"{S.FINGERPRINTS} has no net columns (made before they existed): "
+                     "dimension, net and novelty counts unknown")
+        return {}
+    known = run.info(S.FINGERPRINTS).get(S.KNOWN) if S.KNOWN_ID in fp_cols else None
+    if known is None:
+        notes.append(f"no {S.KNOWN} table was used by dedup (`legodask known add`): "
+                     "new and SUN counts unknown")
+    energy = "".join(f', min(r."{S.E_ABOVE}{m}") AS e{k}' for k, m in enumerate(models))
+    join = f'LEFT JOIN "{energy_table}" r ON f.{S.ID} = r.{S.ID}' if models else ""
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW crystals AS
+        SELECT f.{S.FIRST_ID}, max(f.{S.DIMENSION}) AS dim, max(f.{S.FP_SPG}) AS spg,
+               any_value(f.{S.TOPOLOGY_KEY}) AS net,
+               coalesce(nullif(any_value(f.{S.TOPOLOGY}), ''),
+                        any_value(f.{S.TOPOLOGY_KEY})) AS label,
+               {f"bool_or(f.{S.KNOWN_ID} IS NOT NULL)" if known else "NULL"} AS known {energy}
+        FROM {S.FINGERPRINTS} f {join}
+        WHERE f.{S.FINGERPRINT} IS NOT NULL GROUP BY f.{S.FIRST_ID}""")
+
+    def count(where: str) -> int:
+        return int(con.execute(f"SELECT count(*) FROM crystals WHERE {where}").fetchone()[0])
+
+    out: dict[str, Any] = {
+        "by_dimension": {str(d): int(n) for d, n in con.execute(
+            "SELECT dim, count(*) FROM crystals GROUP BY dim ORDER BY dim DESC").fetchall()},
+        "top_nets": [[lab, int(n)] for lab, n in con.execute(
+            "SELECT label, count(*) AS n FROM crystals WHERE label IS NOT NULL "
+            "GROUP BY label ORDER BY n DESC, label LIMIT 10").fetchall()],
+        "n_3d": count("dim = 3")}
+    if known is None:
+        return out
+    from .novelty import known_files
+
+    nets = f"(SELECT {S.TOPOLOGY_KEY} FROM read_parquet({sql_list(known_files(known))}))"
+    new, cubic = "NOT known", f"spg >= {CUBIC}"
+    out.update(n_new=count(new), n_new_3d=count(f"{new} AND dim = 3"),
+               n_new_cubic=count(f"{new} AND {cubic}"),
+               n_new_net=count(f"{new} AND net IS NOT NULL AND net NOT IN {nets}"))
+    for key, extra in (("n_stable", None), ("n_SUN", new), ("n_SUN_3d", f"{new} AND dim = 3"),
+                       ("n_SUN_cubic", f"{new} AND {cubic}")):
+        out[key] = {m: count(" AND ".join(filter(None, [f"e{k} <= {float(window)}", extra])))
+                    for k, m in enumerate(models)}
+    return out
 
 
 def overlap_matrix(runs: Sequence[str | Path], train: str | Path | None = None,
@@ -136,8 +220,10 @@ def table_iv(metrics: dict[str, Any], name: str) -> str:
             return " / ".join(f"{k}: {x}" for k, x in v.items()) or "–"
         return str(v)
 
-    head = ["run", *[c.replace("n_", "N_") for c in COUNTS]]
-    row = [name, *[cell(metrics.get(c)) for c in COUNTS]]
+    novelty = metrics.get("novelty") or {}
+    extra = [c for c in NOVELTY_COUNTS if c in novelty]
+    head = ["run", *[c.replace("n_", "N_") for c in [*COUNTS, *extra]]]
+    row = [name, *[cell(metrics.get(c)) for c in COUNTS], *[cell(novelty[c]) for c in extra]]
     return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head),
                       "| " + " | ".join(row) + " |"])
 

@@ -11,7 +11,9 @@ memory:
   model when the training table was ranked, else with the source's VASP energies
   above graphite (SACADA's ``vasp_energy``), labelled as such;
 * complexity: energy against atoms in the primitive cell, space group and free
-  variables (like Fig. 5), or their histograms when there are no energies.
+  variables (like Fig. 5), or their histograms when there are no energies;
+* the rows each stage worked on, the unique crystals by dimension and net, and
+  pictures of the lowest-energy new candidates (``candidates``).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import pandas as pd
 from .. import schema as S
 from .. import store
 from ..store import Run
+from . import candidates as C
 from . import metrics as M
 from .query import columns, connect
 
@@ -184,14 +187,17 @@ def plot_complexity(gen: pd.DataFrame, train: pd.DataFrame, model: str | None,
     return _png(fig)
 
 
-def render(run: Run, metrics: dict[str, Any], images: dict[str, str]) -> str:
-    """The HTML page."""
+def render(run: Run, metrics: dict[str, Any], images: dict[str, str],
+           found: str = "") -> str:
+    """The HTML page; ``found``: the candidates' section (``candidates``)."""
     table = M.table_iv(metrics, run.path.name).splitlines()
     head = [c.strip() for c in table[0].strip("|").split("|")]
     row = [c.strip() for c in table[2].strip("|").split("|")]
     cells = "".join(f"<th>{html.escape(h)}</th>" for h in head)
     vals = "".join(f"<td>{html.escape(v)}</td>" for v in row)
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in metrics.get("notes", []))
+    done = "".join(f"<li>{html.escape(n)}</li>"
+                   for n in C.processed_lines(metrics.get("processed", {})))
     overlap = ""
     if metrics.get("overlap"):
         overlap = ("<h2>Shared unique crystals (Table III)</h2>"
@@ -208,6 +214,9 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px}}<
 <h2>Metrics (Table IV row, low energy: within {metrics.get("window")} eV/atom)</h2>
 <table><tr>{cells}</tr><tr>{vals}</tr></table>
 <ul>{notes}</ul>
+<h2>Rows each stage worked on</h2><ul>{done}</ul>
+{C.novelty_html(metrics.get("novelty") or {})}
+{found}
 {overlap}
 {figs}
 <h2>Tables</h2>{status}
@@ -234,5 +243,6 @@ def write_report(run: Run, window: float = M.WINDOW, model: str | None = None) -
                        ("Complexity", plot_complexity(gen, train, model, label))):
         if png:
             images[title] = png
-    run.file(store.REPORT).write_text(render(run, metrics, images))
+    found = C.candidates_html(C.lowest_new(con, tables, model), model) if model else ""
+    run.file(store.REPORT).write_text(render(run, metrics, images, found))
     return metrics

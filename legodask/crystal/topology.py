@@ -54,14 +54,6 @@ from .quotient import (QuotientGraph, bond_graph, components, coordination_seque
 
 DEPTH = 12      # coordination shells: the least that separates the 150 SACADA nets
 
-DIMENSION = "dimension"
-COMPONENTS = "components"
-TOPOLOGY_KEY = "topology_key"
-TOPOLOGY = "topology"
-TOPOLOGY_ERROR = "topology_error"
-TOPOLOGY_DTYPES = {DIMENSION: "int8", COMPONENTS: "int32", TOPOLOGY_KEY: "object",
-                   TOPOLOGY: "object", TOPOLOGY_ERROR: "object"}
-
 # RCSR nets as carbon structures: space group, cell (Å, degrees) and one
 # position per Wyckoff orbit (spglib's standard setting; ASE's first setting).
 # dia, lon, hcb are the textbook structures; the others are the SACADA sp2
@@ -190,25 +182,28 @@ def row_structure(row: Mapping[str, Any], geometry: str | None = None
 
 
 def topology_frame(df: pd.DataFrame, geometry: str | None = None,
-                   depth: int = DEPTH) -> pd.DataFrame:
-    """The topology kernel: ``df`` with the ``TOPOLOGY_DTYPES`` columns added.
+                   depth: int = DEPTH, rows: np.ndarray | None = None) -> pd.DataFrame:
+    """The topology kernel: ``df`` with the ``schema.TOPOLOGY_DTYPES`` columns added.
 
-    A row that cannot be decoded or analysed keeps dimension -1, components -1,
-    null key and name, and the reason in ``topology_error``; no row is dropped.
+    ``rows``: a boolean mask of the rows to analyse (default: all); the others,
+    and a row that cannot be decoded or analysed, keep dimension -1, components
+    -1, null key and name (a row analysed and failed has the reason in
+    ``topology_error``); no row is dropped.
     """
-    out: dict[str, list] = {c: [] for c in TOPOLOGY_DTYPES}
-    for rec in df.to_dict("records"):
-        topo, error = None, None
+    n = len(df)
+    out: dict[str, list] = {S.DIMENSION: [-1] * n, S.COMPONENTS: [-1] * n,
+                            S.TOPOLOGY_KEY: [None] * n, S.TOPOLOGY: [None] * n,
+                            S.TOPOLOGY_ERROR: [None] * n}
+    chosen = np.arange(n) if rows is None else np.flatnonzero(np.asarray(rows, bool))
+    for i, rec in zip(chosen, df.iloc[chosen].to_dict("records")):
         try:
             topo = atoms_topology(*row_structure(rec, geometry), depth=depth)
         except Exception as exc:  # any failure is recorded on the row
-            error = f"{type(exc).__name__}: {exc}"
-        out[DIMENSION].append(topo.dimension if topo else -1)
-        out[COMPONENTS].append(topo.components if topo else -1)
-        out[TOPOLOGY_KEY].append(topo.key if topo else None)
-        out[TOPOLOGY].append(topo.name if topo else None)
-        out[TOPOLOGY_ERROR].append(error)
-    res = df.drop(columns=[c for c in TOPOLOGY_DTYPES if c in df.columns])
-    for col, dtype in TOPOLOGY_DTYPES.items():
+            out[S.TOPOLOGY_ERROR][i] = f"{type(exc).__name__}: {exc}"
+            continue
+        out[S.DIMENSION][i], out[S.COMPONENTS][i] = topo.dimension, topo.components
+        out[S.TOPOLOGY_KEY][i], out[S.TOPOLOGY][i] = topo.key, topo.name
+    res = df.drop(columns=[c for c in S.TOPOLOGY_DTYPES if c in df.columns])
+    for col, dtype in S.TOPOLOGY_DTYPES.items():
         res[col] = pd.Series(out[col], index=df.index, dtype=dtype)
     return res

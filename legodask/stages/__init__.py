@@ -61,6 +61,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           reads=(S.SAMPLES,), writes=(S.PRERELAXED,), cluster=True, gpu=True, pipeline=True),
     Stage("rank", "relax and rank energies with force fields",
           reads=(S.PRERELAXED,), writes=(S.RANKED,), cluster=True, pipeline=True),
+    Stage("known", "add known structures (default: SACADA sp2) to a known table",
+          writes=(S.KNOWN,), cluster=True, pipeline=True),
     Stage("dedup", "fingerprint and deduplicate incrementally",
           reads=(S.RANKED,), writes=(S.FINGERPRINTS,), cluster=True, pipeline=True),
     Stage("metrics", "the paper's counts for a run",

@@ -1,5 +1,6 @@
 """``legodask dedup``: fingerprint a table and deduplicate it incrementally against
-everything seen (the kernels and the batch-by-batch join: ``analysis.dedup``)."""
+everything seen, and mark the known crystals (the kernels and the batch-by-batch
+join: ``analysis.dedup``, ``analysis.novelty``)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="boolean columns a row needs (those present) to be fingerprinted")
     p.add_argument("--window", type=int, default=8,
                    help="partitions fingerprinted in parallel before their joins")
+    p.add_argument("--known", help=f"folder with a {S.KNOWN} table (`legodask known add`): "
+                   f"mark each row's {S.KNOWN_ID} (default: the run's own {S.KNOWN} table "
+                   "when it has one; 'none': do not)")
 
 
 def command(args: argparse.Namespace) -> int:
@@ -38,8 +42,10 @@ def command(args: argparse.Namespace) -> int:
 
     run = Run(args.run)
     against = [a for arg in args.against for a in arg.split(",") if a]
+    known = args.known or (run.path if run.is_complete(S.KNOWN) else None)
     result = dedup(run, args.input or default_input(run), args.output, against,
                    args.geometry, args.symprec, args.matcher, args.env_tol, args.vol_tol,
-                   [c for c in args.require.split(",") if c], args.window)
+                   [c for c in args.require.split(",") if c], args.window,
+                   None if known == "none" else known)
     print(result)
     return 0

@@ -12,7 +12,8 @@ from ..analysis.export import FORMATS
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--table", default=S.RANKED, help="table to export from")
-    p.add_argument("--where", help=f'SQL condition, e.g. "{S.E_ABOVE}mace < 0.5"')
+    p.add_argument("--where", help=f'SQL condition, e.g. "{S.E_ABOVE}mace < 0.5 AND '
+                   f"{S.DIMENSION} = 3 AND {S.KNOWN_ID} IS NULL AND {S.TOPOLOGY} = 'dia'\"")
     p.add_argument("--unique", action="store_true",
                    help="only the first row of each distinct crystal (needs dedup)")
     p.add_argument("--format", choices=FORMATS, default="cif")

@@ -1,6 +1,7 @@
 """``legodask prerelax``: pre-relax a table of a run towards a reference
 environment (the kernel is ``legodask.prerelax.frame.prerelax_frame``), with a
-``--limit`` spread evenly over the partitions."""
+``--limit`` spread evenly over the partitions; each relaxed row gets the
+dimension and net of its relaxed geometry (``crystal.topology.topology_frame``)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, replace
 from typing import Any
 
+import pandas as pd
+
 from .. import schema as S
 from ..crystal.environment import Environment, get_environment
+from ..crystal.topology import topology_frame
 from ..prerelax.frame import EXTRA_DTYPES, prerelax_frame
 from ..prerelax.options import Options
 
@@ -34,6 +38,14 @@ def spread_limit(limit: int, counts: Sequence[int]) -> list[int]:
     return quota
 
 
+def prerelax_part(df: pd.DataFrame, partition_info: dict[str, Any] | None = None,
+                  **kwargs: Any) -> pd.DataFrame:
+    """The stage's kernel: ``prerelax_frame``, then the topology of every row it
+    relaxed (those with a ``loss``), in its relaxed geometry (~14 ms a row)."""
+    out = prerelax_frame(df, partition_info=partition_info, **kwargs)
+    return topology_frame(out, rows=out[S.LOSS].notna().to_numpy())
+
+
 def prerelax(run: Any, source: str | None = None, env: str | Environment = "graphite",
              device: str = "auto", limit: int | None = None,
              options: Options = Options(), output: str = "prerelaxed",
@@ -51,6 +63,7 @@ def prerelax(run: Any, source: str | None = None, env: str | Environment = "grap
     ddf = run.read(source)
     extra = {c: str(t) for c, t in ddf.dtypes.items() if c not in S.COLUMNS}
     extra.update(EXTRA_DTYPES)
+    extra.update(S.TOPOLOGY_DTYPES)
     meta = S.empty_frame(extra)
     annotations = None
     if device in ("auto", "torch") and cluster.has_gpu_worker():
@@ -63,7 +76,7 @@ def prerelax(run: Any, source: str | None = None, env: str | Environment = "grap
         counts = cluster.compute([dask.delayed(lambda d: int(d["valid_xtal"].sum()))(part)
                                   for part in ddf[["valid_xtal"]].to_delayed()], desc="count")
         limits = spread_limit(limit, counts)
-    kernel = functools.partial(prerelax_frame, env=env, device=device, options=options,
+    kernel = functools.partial(prerelax_part, env=env, device=device, options=options,
                                limits=limits)
     made_with = {"env": getattr(env, "name", env), "rdf_bins": rdf_bins, "device": device,
                  "limit": limit, "options": asdict(options)}
