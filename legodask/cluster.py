@@ -77,9 +77,9 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
     listening on 127.0.0.1 with its dashboard at ``dashboard_address``."""
     from distributed import Client, LocalCluster
 
-    # the scheduler's notes on each shuffle it runs (a dask DataFrame's unique values)
-    # are bookkeeping, not warnings for a user
-    logging.getLogger("distributed.shuffle").setLevel(logging.ERROR)
+    # distributed's notes (each shuffle it runs, a worker it stops at the end) are
+    # bookkeeping, not a user's business: only its errors reach the terminal
+    logging.getLogger("distributed").setLevel(logging.ERROR)
     if scheduler == "slurm":
         cluster = slurm_cluster(n_workers or 1, gpus, **(slurm or {}))
         client = Client(cluster)
@@ -92,6 +92,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
                                threads_per_worker=threads_per_worker,
                                memory_limit=memory_limit, processes=True,
                                resources=resources, host=LOCAL_HOST,
+                               silence_logs=logging.ERROR,
                                dashboard_address=dashboard_address)
         client = Client(cluster)
     if not quiet:
