@@ -80,6 +80,7 @@ SECTIONS = [
              "--batch-size 100 --name vae-b100"]),
     Section("rank", "rank: energy models against VASP", ("rank",)),
     Section("dedup", "dedup: incremental deduplication against StructureMatcher", ("dedup",)),
+    Section("topology", "topology: dimensionality and nets, against CrystalNets", ("topology",)),
     Section("novelty", "novelty: same crystal against StructureMatcher, Table IV with SUN",
             ("novelty",), ["legodask run pipelines/quickstart.toml --run runs/quickstart"]),
     Section("scale", "scale: 10,000 to 1,000,000 samples on 2 workers", ("scale",)),
