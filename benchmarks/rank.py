@@ -171,7 +171,8 @@ def markdown(res: dict, command: str) -> str:
              "failed | paper RMSE |", "|---|---|---|---|---|---|---|---|---|"]
     for m in res["models"]:
         s = m["vs_vasp"]
-        lines.append(f"| {m['model']} {m['options'].get('ffield', '')} | {s.get('n')} | "
+        lines.append(f"| {m['model']} {m['options'].get('ffield', '')} "
+                     f"({m.get('relaxer', 'ase')}) | {s.get('n')} | "
                      f"{_f(s.get('rmse'))} | {_f(s.get('rmse_offset_free'))} | "
                      f"{_f(s.get('mae'))} | {_f(s.get('spearman'), 2)} | {_f(m['graphite'])} | "
                      f"{len(m['failed'])} | {PAPER_RMSE.get(m['model'], '–')} |")
@@ -191,7 +192,8 @@ def markdown(res: dict, command: str) -> str:
                  f"(n={m['by_size'][f'{lo}-{hi}']['n']})" if f"{lo}-{hi}" in m["by_size"]
                  else "–" for lo, hi in SIZE_BINS]
         capped = sum(x["steps"] >= budget(x["natoms"])[1] for x in m["structures"])
-        lines.append(f"| {m['model']} | {_f(m['per_core_min'], 1)} | " + " | ".join(cells)
+        lines.append(f"| {m['model']} ({m.get('relaxer', 'ase')}) | "
+                     f"{_f(m['per_core_min'], 1)} | " + " | ".join(cells)
                      + f" | {_f(m['median_steps'], 0)} | {capped} of {len(m['structures'])} "
                      f"| {paper_txt} |")
     if res.get("ffields"):
