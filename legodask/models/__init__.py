@@ -1,8 +1,11 @@
-"""Tabular generative models (CTGAN-style GAN, TVAE-style VAE): ``build`` a new one
-for an encoder's layout, ``load`` a trained one for sampling.
+"""Tabular generative models (CTGAN-style GAN, TVAE-style VAE, a two-stage conditional
+VAE): ``build`` a new one for an encoder's layout, ``load`` a trained one for sampling.
 
 Modules: ``encoding`` (table rows <-> features), ``base`` (what a model provides),
-``gan`` and ``vae``, ``training`` (the loop), ``checkpoint`` (a model's files),
+``gan``, ``vae`` and ``cvae`` (with its stage 1, ``catalogue``, and the classes a sample
+may be restricted to, ``classes``), ``torch_transform`` (the differentiable inverse of
+the continuous encoding), ``steer`` (the pre-relaxation loss of decoded latent vectors),
+``training`` (the loop), ``checkpoint`` (a model's files),
 ``plot`` (its loss curves) and ``sampling`` (rows drawn from a trained model).
 """
 
@@ -20,7 +23,7 @@ if TYPE_CHECKING:
     from .base import TabularModel
     from .encoding import Encoder
 
-KINDS = ("gan", "vae")
+KINDS = ("gan", "vae", "cvae")
 
 
 def build(kind: str, encoder: Encoder, device: torch.device | None = None, seed: int = 0,
@@ -38,6 +41,13 @@ def build(kind: str, encoder: Encoder, device: torch.device | None = None, seed:
         from .vae import VAE
 
         return VAE(encoder.spans, encoder.width, device, **hparams)
+    if kind == "cvae":
+        from .cvae import CVAE
+        from .encoding import CONTINUOUS, Categorical
+
+        discrete = {c.column: c.categories for c in encoder.columns
+                    if isinstance(c, Categorical) and c.column not in CONTINUOUS}
+        return CVAE(encoder.spans, encoder.width, device, discrete=discrete, **hparams)
     raise ValueError(f"model kind must be one of {KINDS}, not {kind!r}")
 
 

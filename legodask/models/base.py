@@ -7,12 +7,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .encoding import Span
+
+if TYPE_CHECKING:
+    from .classes import Classes
 
 # What a validity check after each epoch logs: the shares of rows drawn that decode
 # as valid crystals (``sampling.validity``); plotted on their own axis.
@@ -114,6 +117,12 @@ class TabularModel(ABC):
                condition: Sequence[int] | None = None) -> np.ndarray:
         """``n`` feature rows; ``condition``: categories (indices) of the conditional
         column to draw from (models without one ignore it; the sampler filters)."""
+
+    def sample_in(self, n: int, generator: torch.Generator, classes: Classes
+                  ) -> np.ndarray | None:
+        """``n`` feature rows all within ``classes``, drawn without rejection; ``None``
+        from a model that cannot (the sampler then keeps the rows that are)."""
+        return None
 
     @abstractmethod
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]: ...

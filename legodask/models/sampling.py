@@ -6,15 +6,15 @@ Each partition loads the model (once per worker process), draws its share with i
 own seed (from the run's seed and the partition index, so a partition is the same
 whichever worker draws it and whenever), turns features into table rows and decodes
 them (``valid_xtal``, ``error``) batch by batch, so that no process holds more than
-one partition.  Sampling can be restricted to a set of space groups: the GAN is
-conditioned on them, and rows of other groups are drawn again.
+one partition.  Sampling can be restricted to classes (``Classes``: space groups,
+crystal systems, atom counts): the two-stage model draws within them directly; the
+GAN is conditioned on their space groups, and rows outside them are drawn again.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from ..crystal.decode import only_overlapping
 from ..crystal.frame import decode_frame
 from . import load
 from .base import SHARES, TabularModel
+from .classes import Classes
 from .encoding import Encoder
 
 log = logging.getLogger("legodask")
@@ -44,35 +45,41 @@ def part_seed(seed: int, part: int) -> int:
 
 
 def draw(model: TabularModel, encoder: Encoder, n: int, generator: torch.Generator,
-         spgs: Sequence[int] | None = None, max_rounds: int = 100) -> pd.DataFrame:
-    """``n`` table rows (not yet decoded) from a model, of space groups ``spgs`` if given.
+         classes: Classes | None = None, max_rounds: int = 100) -> pd.DataFrame:
+    """``n`` table rows (not yet decoded) from a model, within ``classes`` if given.
 
-    Rows of other groups (a VAE, or a GAN ignoring its condition) are drawn again, at
-    most ``max_rounds`` times; fewer rows come back when the model rarely makes them.
+    A model that samples within classes (``sample_in``) draws them directly.  For the
+    others, a GAN is conditioned on the classes' space groups, and rows outside the
+    classes are drawn again, at most ``max_rounds`` times; fewer rows come back when
+    the model rarely makes them.
     """
+    if classes is not None:
+        x = model.sample_in(n, generator, classes)
+        if x is not None:
+            return encoder.inverse_transform(x)
     cond = None
-    if spgs is not None:
+    if classes is not None:
         cats = encoder.categories(S.SPG)
-        cond = [cats.index(s) for s in spgs if s in cats]
+        cond = [i for i, s in enumerate(cats) if classes.allows_spg(np.array([s]))[0]]
         if not cond:
-            raise ValueError(f"no training row has space group {sorted(spgs)}")
+            raise ValueError(f"no training row has {classes.describe()}")
     frames, got = [], 0
     for _ in range(max_rounds):
         df = encoder.inverse_transform(model.sample(n - got, generator, cond))
-        if spgs is not None:
-            df = df[df[S.SPG].isin(list(spgs))]
+        if classes is not None:
+            df = df[classes.allows_rows(df)]
         frames.append(df)
         got += len(df)
         if got >= n:
             break
     if got < n:
-        log.warning("only %d of %d rows of space groups %s after %d rounds", got, n,
-                    sorted(spgs or []), max_rounds)
+        log.warning("only %d of %d rows of %s after %d rounds", got, n,
+                    classes.describe() if classes else "any class", max_rounds)
     return pd.concat(frames, ignore_index=True).iloc[:n]
 
 
 def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
-                     spgs: Sequence[int] | None = None, batch_rows: int = 10_000,
+                     classes: Classes | None = None, batch_rows: int = 10_000,
                      min_distance: float = 0.6) -> pd.DataFrame:
     """Partition ``part`` of a sample: ``n`` decoded rows, ids ``<name>-<part>-<i>``
     (atoms closer than ``min_distance`` Å make a row invalid)."""
@@ -81,7 +88,7 @@ def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
     generator = torch.Generator().manual_seed(part_seed(seed, part))
     frames = []
     for start in range(0, n, batch_rows):
-        df = draw(model, encoder, min(batch_rows, n - start), generator, spgs)
+        df = draw(model, encoder, min(batch_rows, n - start), generator, classes)
         df[S.ID] = [f"{name}-{part}-{i}" for i in range(start, start + len(df))]
         df[S.SOURCE] = name
         frames.append(decode_frame(df, min_distance=min_distance))

@@ -64,11 +64,15 @@ class VAE(TabularModel):
                  **hparams: Any):
         hp = {**DEFAULTS, **hparams}
         super().__init__(spans, width, device, **hp)
-        self.enc = Encoder(width, hp["compress_dims"], hp["embedding_dim"]).to(self.device)
-        self.dec = Decoder(hp["embedding_dim"], hp["decompress_dims"], width).to(self.device)
+        self._build(hp)
         self.opt = torch.optim.Adam([*self.enc.parameters(), *self.dec.parameters()],
                                     lr=hp["lr"], weight_decay=hp["l2scale"])
-        self.layout = Layout(spans, self.device)
+
+    def _build(self, hp: dict[str, Any]) -> None:
+        """The networks, and the layout of what the decoder reconstructs: whole rows."""
+        self.enc = Encoder(self.width, hp["compress_dims"], hp["embedding_dim"]).to(self.device)
+        self.dec = Decoder(hp["embedding_dim"], hp["decompress_dims"], self.width).to(self.device)
+        self.layout = Layout(self.spans, self.device)
         self.scalars = self.layout.scalars
 
     def prepare(self, stream: ChunkStream) -> None:
@@ -77,7 +81,11 @@ class VAE(TabularModel):
     def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.enc(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        recon = self.dec(z)
+        return self._nll_kld(self.dec(z), x, mu, logvar)
+
+    def _nll_kld(self, recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor,
+                 logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reconstruction loss of ``x`` (times ``loss_factor``) and KL divergence, per row."""
         n = x.size(0)
         sigma = self.dec.sigma[self.scalars]
         diff = x[:, self.scalars] - torch.tanh(recon[:, self.scalars])
@@ -115,11 +123,15 @@ class VAE(TabularModel):
         The VAE is unconditional: ``condition`` is left to the caller to filter by."""
         self.dec.eval()
         z = torch.randn(n, self.hparams["embedding_dim"], generator=generator).to(self.device)
-        out = torch.tanh(self.dec(z))
-        noise = torch.randn(n, len(self.scalars), generator=generator).to(self.device)
+        return self._outputs(self.dec(z), generator).cpu().numpy()
+
+    def _outputs(self, raw: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Decoder output -> features: tanh, and the learnt sigma as noise on scalars."""
+        out = torch.tanh(raw)
+        noise = torch.randn(len(raw), len(self.scalars), generator=generator).to(self.device)
         sigma = self.dec.sigma[self.scalars]
         out[:, self.scalars] = (out[:, self.scalars] + noise * sigma).clamp(-1, 1)
-        return out.cpu().numpy()
+        return out
 
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
         state = {"enc": self.enc.state_dict(), "dec": self.dec.state_dict()}

@@ -1,5 +1,5 @@
-"""``legodask train``: one task fits a GAN or VAE on the run's features (the task
-body is ``legodask.models.training.train_model``).
+"""``legodask train``: one task fits a GAN, VAE or two-stage CVAE on the run's
+features (the task body is ``legodask.models.training.train_model``).
 
 The task runs on a worker with the ``GPU`` resource when the cluster has one (torch
 then finds CUDA there), on any worker otherwise.  It streams the features chunk by
@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GAN: rows the discriminator judges together (default 10)")
     parser.add_argument("--dropout", type=float, default=None,
                         help="GAN: discriminator dropout (default 0.5)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="cvae: its discrete combinations drawn with probability "
+                        "count ** (1 / temperature) (default 1: as in the training table)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check-rows", type=int, default=1000,
@@ -95,6 +98,8 @@ def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
     optional = {"lr": args.lr}
     if args.model == "gan":
         optional.update(pac=args.pac, dropout=args.dropout)
+    if args.model == "cvae":
+        optional.update(temperature=args.temperature)
     hp.update({k: v for k, v in optional.items() if v is not None})
     if args.hidden:
         keys = (("generator_dim", "discriminator_dim") if args.model == "gan"

@@ -1,0 +1,137 @@
+"""A two-stage model: the discrete part of a row from a ``Catalogue`` (stage 1),
+then its continuous part from a conditional VAE given the discrete part (stage 2).
+
+Stage 2 is the TVAE of ``vae`` with the discrete one-hots as a condition:
+q(z | continuous, discrete) and p(continuous | z, discrete), over the features of
+the encoder's mixture columns only (a scalar and a mode block per cell parameter and
+coordinate, in the encoder's normalised space, so ``Encoder.inverse_transform`` reads
+its rows and ``TorchInverse`` maps them to cells and sites differentiably).  In the
+generator form of sites the coordinates a position fixes are constants of the
+discrete row, so the condition carries them.
+
+Sampling within classes (``sample_in``) restricts stage 1's support: every row drawn
+is in the classes asked, at the cost of unrestricted sampling.  ``decode_latent``
+is the decoder alone, for a caller that moves the latent vector of fixed discrete
+rows (``steer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import schema as S
+from .base import ChunkStream, Layout
+from .catalogue import Catalogue
+from .classes import Classes
+from .encoding import Span
+from .vae import DEFAULTS as VAE_DEFAULTS
+from .vae import VAE, Decoder, Encoder
+
+DEFAULTS: dict[str, Any] = {**VAE_DEFAULTS, "temperature": 1.0, "max_atoms": 2000}
+
+
+class CVAE(VAE):
+    kind = "cvae"
+    score = "loss"
+
+    def __init__(self, spans: Sequence[Span], width: int, device: torch.device | None = None,
+                 discrete: dict[str, list[Any]] | None = None, **hparams: Any):
+        """``discrete``: the encoder's discrete columns and their categories (not
+        hyper-parameters: ``models.build`` reads them from the encoder)."""
+        if not discrete or not any(s.kind == "scalar" for s in spans):
+            raise ValueError("a cvae needs the encoder's \"cont\" mode and its discrete columns")
+        self.discrete = discrete
+        super().__init__(spans, width, device, **{**DEFAULTS, **hparams})
+
+    def _build(self, hp: dict[str, Any]) -> None:
+        """Networks over the continuous features given the discrete ones; stage 1."""
+        disc = [s for s in self.spans if s.column in self.discrete]
+        cont = [s for s in self.spans if s.column not in self.discrete]
+        self.disc_spans = disc
+        idx = lambda spans: torch.as_tensor(  # noqa: E731
+            [i for s in spans for i in range(s.offset, s.offset + s.dim)], device=self.device)
+        self.disc_idx, self.cont_idx = idx(disc), idx(cont)
+        n_disc, n_cont = len(self.disc_idx), len(self.cont_idx)
+        offset, local = 0, []
+        for s in cont:                        # the continuous spans within their block
+            local.append(Span(s.column, s.kind, offset, s.dim))
+            offset += s.dim
+        latent = hp["embedding_dim"]
+        self.enc = Encoder(n_cont + n_disc, hp["compress_dims"], latent).to(self.device)
+        self.dec = Decoder(latent + n_disc, hp["decompress_dims"], n_cont).to(self.device)
+        self.layout = Layout(local, self.device)
+        self.scalars = self.layout.scalars
+        self.catalogue = Catalogue(self.discrete, S.SPG, [c for c in S.WP if c in self.discrete],
+                                   [c for c in S.EL if c in self.discrete], hp["max_atoms"],
+                                   hp["temperature"])
+
+    # -- stage 1 ---------------------------------------------------------------------
+    def codes(self, x: np.ndarray) -> np.ndarray:
+        """The discrete part of feature rows as category indices, one per column."""
+        return np.stack([x[:, s.offset:s.offset + s.dim].argmax(1) for s in self.disc_spans], 1)
+
+    def one_hot(self, codes: np.ndarray) -> torch.Tensor:
+        """Discrete feature block (n, n_disc) of category indices ``codes``."""
+        out = torch.zeros(len(codes), len(self.disc_idx), device=self.device)
+        start = 0
+        for i, s in enumerate(self.disc_spans):
+            out[torch.arange(len(codes)), start + torch.as_tensor(codes[:, i])] = 1.0
+            start += s.dim
+        return out
+
+    def prepare(self, stream: ChunkStream) -> None:
+        """Stage 1 from one pass over the data: the discrete combinations and counts."""
+        for s, e in stream.bounds():
+            self.catalogue.add(self.codes(np.asarray(stream.array[s:e])))
+
+    # -- stage 2 ---------------------------------------------------------------------
+    def _loss(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cont, disc = x[:, self.cont_idx], x[:, self.disc_idx]
+        mu, logvar = self.enc(torch.cat([cont, disc], 1))
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+        return self._nll_kld(self.dec(torch.cat([z, disc], 1)), cont, mu, logvar)
+
+    def decode_latent(self, z: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
+        """Raw decoder output (n, n_cont) for latent vectors ``z`` and discrete block
+        ``disc``, differentiable: tanh of it gives the scalars, softmax of a mode
+        block its probabilities."""
+        return self.dec(torch.cat([z, disc.to(z.dtype)], 1))
+
+    def features(self, cont: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
+        """Whole feature rows (n, width) from continuous and discrete blocks."""
+        out = cont.new_zeros(len(cont), self.width)
+        out[:, self.cont_idx] = cont
+        out[:, self.disc_idx] = disc.to(cont.dtype)
+        return out
+
+    @torch.no_grad()
+    def sample_in(self, n: int, generator: torch.Generator, classes: Classes | None
+                  ) -> np.ndarray:
+        """``n`` rows within ``classes`` (``None``: any): stage 1 draws the discrete
+        part from the combinations in the classes, stage 2 the rest."""
+        self.dec.eval()
+        disc = self.one_hot(self.catalogue.sample(n, generator, classes))
+        z = torch.randn(n, self.hparams["embedding_dim"], generator=generator).to(self.device)
+        cont = self._outputs(self.decode_latent(z, disc), generator)
+        return self.features(cont, disc).cpu().numpy()
+
+    def sample(self, n: int, generator: torch.Generator,
+               condition: Sequence[int] | None = None) -> np.ndarray:
+        """``n`` rows; ``condition``: space-group categories to draw from."""
+        classes = None
+        if condition is not None:
+            cats = self.discrete[S.SPG]
+            classes = Classes.of(spgs=[int(cats[i]) for i in condition])
+        return self.sample_in(n, generator, classes)
+
+    def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
+        return {**super().state_dict(optimizer), "catalogue": self.catalogue.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.catalogue.load_state_dict(state.pop("catalogue"))
+        super().load_state_dict(state)
