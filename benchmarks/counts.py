@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 OUT = Path(__file__).parent / "results"
 # the paper's Table IV per 100,000 samples (../shared/METHOD.md, section 6)

@@ -48,7 +48,7 @@ def real_rows(n_sub: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     (t-subgroups within a doubled cell, each with two orbit representatives)."""
     from ase.db import connect
 
-    from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row, row_to_atoms
+    from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row
     from legodask import schema as S
 
     db = connect(DB)
@@ -164,7 +164,7 @@ def matcher_baseline(df: pd.DataFrame, ours: pd.DataFrame) -> dict:
     from pymatgen.io.ase import AseAtomsAdaptor
 
     from legodask.analysis import dedup as D
-    from legodask.crystal.convert import atoms_to_pyxtal, pyxtal_to_row, row_to_atoms
+    from legodask.crystal.convert import row_to_atoms
 
     structs = [AseAtomsAdaptor.get_structure(row_to_atoms(r))
                for r in df.to_dict("records")]

@@ -133,7 +133,6 @@ def decode_timed(df: pd.DataFrame) -> tuple[pd.DataFrame, float]:
     """Decoded rows and the seconds decoding took, with the Wyckoff tables already
     built (as in a sampling worker after its first batch: importing pyxtal and
     building its groups costs 1-3 s once per process)."""
-    from legodask.crystal.convert import atoms_to_row, pyxtal_to_row, row_to_pyxtal
     from legodask.crystal.frame import decode_frame
 
     decode_frame(df)

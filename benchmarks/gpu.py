@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

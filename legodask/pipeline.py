@@ -22,7 +22,6 @@ finishes it without redoing work.  ``--set stage.option=value`` overrides a key.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 import tomllib

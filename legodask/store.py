@@ -390,8 +390,6 @@ def _lock(path: Path) -> Iterator[None]:
 def _holder(path: Path) -> dict[str, Any] | None:
     """The pid and host in a lock file; ``{}`` when it is unreadable and old (a writer
     that died between creating and filling it), None while it may be being filled."""
-    import time
-
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):

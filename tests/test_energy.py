@@ -13,7 +13,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from threadpoolctl import threadpool_limits
 
 from legodask import energy as E
-from legodask.energy.lammps import import_lammps
+from legodask.energy.lammps_lib import import_lammps
 from legodask.energy.batched import relax_batched
 from legodask.energy.isolate import IsolatedRelaxer
 from legodask.energy.relax import (RelaxSettings, budget, diamond, graphite, relax,

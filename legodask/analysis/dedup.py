@@ -196,7 +196,6 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
     ``known`` (a folder with a known table) each row's ``known_id`` is marked.  The
     table records what it is made from (``Run.writing``): a rerun with other input or
     options is refused."""
-    import dask
     import duckdb
 
     from ..cluster import compute

@@ -27,7 +27,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from ase import Atoms
 
 from .relax import RelaxResult, RelaxSettings, atoms_to_text, budget, check_state

@@ -96,9 +96,9 @@ class IsolatedRelaxer:
             status, message = _receive(self._proc.stdout.fileno(),
                                        time.monotonic() + self.startup_timeout)
         except ChildTimeout:
-            status, message = "error", f"did not start in {self.startup_timeout:g} s"
+            status, message = "failed", f"did not start in {self.startup_timeout:g} s"
         except (ChildDied, BrokenPipeError):
-            status, message = "error", self._death()
+            status, message = "failed", self._death()
         if status != "ready":
             self._broken = message
             self._stop()
@@ -184,7 +184,7 @@ def _serve() -> None:
                   if settings.relaxer != "ase" and model.make_relaxer is not None else None)
         calc = model.calculator() if native is None else None
     except Exception as exc:
-        _send(out, ("error", f"{type(exc).__name__}: {exc}"))
+        _send(out, ("failed", f"{type(exc).__name__}: {exc}"))
         return
     _send(out, ("ready", None))
     while True:

@@ -50,7 +50,7 @@ class LammpsRelaxer:
     def __init__(self, lmpcmds: Sequence[str], elements: Sequence[str],
                  header: Sequence[str] | None = None,
                  settings: RelaxSettings = RelaxSettings()):
-        from .lammps import import_lammps
+        from .lammps_lib import import_lammps
 
         self.lmpcmds = list(lmpcmds)
         self.types = {el: i + 1 for i, el in enumerate(elements)}

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..crystal.cell import metric_tensor, symmetrize_cell
+from ..crystal.cell import metric_tensor
 from ..crystal.decode import Decoded, decode_row
 from ..crystal.wyckoff import group_info, wrap
 from .. import schema as S
