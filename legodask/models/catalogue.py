@@ -49,14 +49,13 @@ def check(spg: int, wps: list[int], elements: list[Any] | None, max_atoms: int) 
             if not isinstance(elements[k], str):
                 return NO_ELEMENT.format(k=k)
     ops = [wyckoff_ops(spg, w) for _, w in used]
+    fixed = Counter(o.label for o in ops if o.dof == 0)
+    for label, n in fixed.items():
+        if n > 1:
+            return FIXED_TWICE.format(label=label, n=n)
     natoms = sum(o.multiplicity for o in ops)
     if natoms > max_atoms:
         return TOO_MANY.format(natoms=natoms, limit=max_atoms)
-    fixed = Counter((o.label, e) for o, (k, _) in zip(ops, used) if o.dof == 0
-                    for e in [elements[k] if elements is not None else None])
-    for (label, _), n in fixed.items():
-        if n > 1:
-            return FIXED_TWICE.format(label=label, n=n)
     return None
 
 
