@@ -60,7 +60,7 @@ def list_items(source: str | os.PathLike) -> list[Item]:
                      f"CIFs, .xyz/.extxyz, .csv or .parquet)")
 
 
-_CLASHES = set(S.COLUMNS)
+_CLASHES = set(S.ALL_COLUMNS)   # a source never takes the name of a column a stage writes
 
 
 def _extra(kvp: dict[str, Any]) -> dict[str, Any]:
