@@ -36,7 +36,6 @@ DEFAULTS: dict[str, Any] = {**VAE_DEFAULTS, "temperature": 1.0, "max_atoms": 200
 
 class CVAE(VAE):
     kind = "cvae"
-    score = "loss"
 
     def __init__(self, spans: Sequence[Span], width: int, device: torch.device | None = None,
                  discrete: dict[str, list[Any]] | None = None, **hparams: Any):
