@@ -78,6 +78,8 @@ SECTIONS = [
              "legodask train --run runs/quickstart --model gan --mode cont --epochs 40 --name gan40",
              "legodask train --run runs/quickstart --model vae --mode cont --epochs 60 "
              "--batch-size 100 --name vae-b100"]),
+    Section("conditional", "conditional: cubic rows from the two-stage model, against "
+            "rejection sampling", ("conditional",)),
     Section("rank", "rank: energy models against VASP", ("rank",)),
     Section("dedup", "dedup: incremental deduplication against StructureMatcher", ("dedup",)),
     Section("topology", "topology: dimensionality and nets, against CrystalNets", ("topology",)),
