@@ -51,13 +51,15 @@ VALID_XTAL, ERROR = "valid_xtal", "error"
 VALID_ENV = "valid_env"                # prerelax: the reference environment is reached
 ENV_ERROR = "env_error"                # prerelax: why it is not
 LOSS = "loss"                          # prerelax: distance to the reference environment
+ITERATIONS = "iterations"              # prerelax: optimiser steps taken
+SECONDS = "seconds"                    # prerelax: time spent on the row
 VASP_ENERGY = "vasp_energy"            # a source's DFT energy (SACADA), eV/atom
 # The reference implementation's (LEGO-xtal) CSV files: the tabular columns, angles
 # in radians, no elements, optionally followed by these.
 REFERENCE_EXTRA = ["energy", "label"]
 
 # Columns filled by decoding (crystal.frame.decode_frame).
-DERIVED = ["natoms", "n_sites", "dof", "valid_xtal", "error"]
+DERIVED = [NATOMS, N_SITES, DOF, VALID_XTAL, ERROR]
 
 _FIELDS: list[tuple[str, pa.DataType]] = [
     ("id", pa.string()),
@@ -84,7 +86,7 @@ COLUMNS = STRUCTURE_SCHEMA.names
 TABULAR = ["spg", *CELL, *[c for k in range(MAX_SITES) for c in (WP[k], *XYZ[k])]]
 
 # Columns that later stages add (declared here so that only this module names them).
-PRERELAX = ["loss", "valid_env", "env_error", "iterations", "seconds"]
+PRERELAX = [LOSS, VALID_ENV, ENV_ERROR, ITERATIONS, SECONDS]
 FINGERPRINT = "fingerprint"
 # The fingerprint's other columns (fingerprint.py) and deduplication's marks.
 FP_VBIN = "fp_vbin"                    # volume per atom on a logarithmic grid

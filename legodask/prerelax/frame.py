@@ -26,19 +26,21 @@ log = logging.getLogger("legodask")
 EXTRA_DTYPES = dict(zip(S.PRERELAX, ["float64", "bool", "object", "int32", "float64"]))
 
 
+def outcome_columns(loss: Any, valid: Any, reason: Any, iterations: Any = 0,
+                    seconds: Any = 0.0) -> dict[str, Any]:
+    """The PRERELAX columns (values or arrays), by name."""
+    return dict(zip(S.PRERELAX, (loss, valid, reason, iterations, seconds)))
+
+
 def _finished_row(row: Mapping[str, Any], p: Problem, out: Outcome) -> dict[str, Any]:
     """The relaxed row with the PRERELAX columns of a checked outcome."""
-    rec = dict(row)
-    rec.update(relaxed_row(p, out.x))
-    rec.update(loss=out.loss, iterations=out.iterations, seconds=out.seconds,
-               valid_env=out.valid, env_error=out.reason)
-    return rec
+    return {**row, **relaxed_row(p, out.x),
+            **outcome_columns(out.loss, out.valid, out.reason, out.iterations, out.seconds)}
 
 
 def _failed_row(row: Mapping[str, Any], reason: str) -> dict[str, Any]:
     """The row unrelaxed, with ``reason`` as its ``env_error``."""
-    return {**row, "loss": math.nan, "valid_env": False, "env_error": reason,
-            "iterations": 0, "seconds": 0.0}
+    return {**row, **outcome_columns(math.nan, False, reason)}
 
 
 def prerelax_row(row: Mapping[str, Any], env: Environment | str = "graphite",
@@ -87,15 +89,14 @@ def prerelax_frame(df: pd.DataFrame, env: Environment | str = "graphite",
     extra = {c: str(t) for c, t in df.dtypes.items() if c not in S.COLUMNS}
     extra.update(EXTRA_DTYPES)
     frame = S.conform(df)
-    valid = frame["valid_xtal"].fillna(False).astype(bool).to_numpy()
+    valid = frame[S.VALID_XTAL].fillna(False).astype(bool).to_numpy()
     chosen = np.flatnonzero(valid)[:limit]
     # rows not relaxed pass through column-wise, never as Python dicts: a partition
     # of a million-row sample is mostly such rows
     rest = np.setdiff1d(np.arange(len(frame)), chosen)
-    error = frame["error"].iloc[rest].astype("string").fillna("None").to_numpy(dtype=object)
+    error = frame[S.ERROR].iloc[rest].astype("string").fillna("None").to_numpy(dtype=object)
     reason = np.where(valid[rest], "not relaxed (--limit)", "not a valid crystal: " + error)
-    passed = frame.iloc[rest].assign(loss=math.nan, valid_env=False, env_error=reason,
-                                     iterations=0, seconds=0.0)
+    passed = frame.iloc[rest].assign(**outcome_columns(math.nan, False, reason))
     records = frame.iloc[chosen].to_dict("records")
     out: list[dict[str, Any] | None] = [None] * len(records)
     todo: list[tuple[int, Problem]] = []

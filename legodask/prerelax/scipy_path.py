@@ -35,7 +35,7 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
     batch = make_batch([p], [start], env, params)
     unit = p.unit * opts.scipy_unit
     lo, hi = bounds(p)
-    best = {"loss": math.inf, "x": start.copy()}
+    best = {"value": math.inf, "x": start.copy()}
 
     def fun(y: np.ndarray) -> tuple[float, np.ndarray]:
         if time.perf_counter() - t0 > opts.budget:
@@ -45,8 +45,8 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
         value = float(loss[0])
         if not math.isfinite(value):
             return 1e10, np.zeros_like(y)
-        if value < best["loss"]:
-            best.update(loss=value, x=x.copy())
+        if value < best["value"]:
+            best.update(value=value, x=x.copy())
         return value, grad.numpy() * unit
 
     lo_s, hi_s = lo / unit, hi / unit
@@ -97,6 +97,6 @@ def relax_scipy(p: Problem, env: Environment, opts: Options = Options(),
             nit += lbfgs(start / unit, opts.box)
     except BudgetExceeded as exc:
         error = str(exc)
-    if not math.isfinite(best["loss"]):
+    if not math.isfinite(best["value"]):
         error = error or "the objective is not finite"
-    return Outcome(best["x"], best["loss"], nit, time.perf_counter() - t0, error)
+    return Outcome(best["x"], best["value"], nit, time.perf_counter() - t0, error)

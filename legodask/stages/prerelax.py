@@ -48,7 +48,7 @@ def prerelax_part(df: pd.DataFrame, partition_info: dict[str, Any] | None = None
 
 def prerelax(run: Any, source: str | None = None, env: str | Environment = "graphite",
              device: str = "auto", limit: int | None = None,
-             options: Options = Options(), output: str = "prerelaxed",
+             options: Options = Options(), output: str = S.PRERELAXED,
              rdf_bins: int = 0) -> Any:
     """Pre-relax table ``source`` (``samples``, else ``decoded``) of a run into
     ``RUN/prerelaxed.parquet``; on a cluster with a GPU worker the batched path
@@ -59,7 +59,7 @@ def prerelax(run: Any, source: str | None = None, env: str | Environment = "grap
         env = replace(get_environment(env), rdf_bins=rdf_bins)
 
     if source is None:
-        source = "samples" if run.table_path("samples").exists() else "decoded"
+        source = S.SAMPLES if run.table_path(S.SAMPLES).exists() else S.DECODED
     ddf = run.read(source)
     extra = {c: str(t) for c, t in ddf.dtypes.items() if c not in S.COLUMNS}
     extra.update(EXTRA_DTYPES)
@@ -73,8 +73,8 @@ def prerelax(run: Any, source: str | None = None, env: str | Environment = "grap
     if limit is not None:
         import dask
 
-        counts = cluster.compute([dask.delayed(lambda d: int(d["valid_xtal"].sum()))(part)
-                                  for part in ddf[["valid_xtal"]].to_delayed()], desc="count")
+        counts = cluster.compute([dask.delayed(lambda d: int(d[S.VALID_XTAL].sum()))(part)
+                                  for part in ddf[[S.VALID_XTAL]].to_delayed()], desc="count")
         limits = spread_limit(limit, counts)
     kernel = functools.partial(prerelax_part, env=env, device=device, options=options,
                                limits=limits)
@@ -88,7 +88,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--input", default=None,
                    help="table to pre-relax (default: samples, else decoded)")
-    p.add_argument("--output", default="prerelaxed", help="output table name")
+    p.add_argument("--output", default=S.PRERELAXED, help="output table name")
     p.add_argument("--env", default="graphite",
                    help="reference environment: graphite, cristobalite or a structure file")
     p.add_argument("--device", choices=["cpu", "torch", "auto"], default="auto",
