@@ -190,7 +190,8 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
           against: Sequence[str | Path] = (), geometry: str | None = None,
           symprec: float = F.SYMPREC, matcher: str = "env", env_tol: float = F.ENV_TOL,
           vol_tol: float = F.VOL_TOL, require: Sequence[str] = DEFAULT_REQUIRE,
-          window: int = 8, known: str | Path | None = None) -> StageResult:
+          window: int = 8, known: str | Path | None = None,
+          overwrite: bool = False) -> StageResult:
     """Fingerprint table ``input`` and dedup it, batch by batch, into ``output``:
     ``window`` partitions are fingerprinted in parallel, then joined in order; with
     ``known`` (a folder with a known table) each row's ``known_id`` is marked.  The
@@ -208,8 +209,8 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
     known_parts = novelty.known_files(known) if known is not None else []
     if known is not None:
         made_with[S.KNOWN] = str(Path(known).resolve())
-    with run.writing(output, input, env_tol=env_tol, vol_tol=vol_tol, require=list(require),
-                     **made_with):
+    with run.writing(output, input, overwrite, env_tol=env_tol, vol_tol=vol_tol,
+                     require=list(require), **made_with):
         done = run.done_parts(output)
         todo = [i for i in range(len(parts)) if i not in done]
         others = [(table_files(a), False) for a in against]

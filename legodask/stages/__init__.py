@@ -11,6 +11,7 @@ another.
 
 from __future__ import annotations
 
+import argparse
 import importlib
 from dataclasses import dataclass
 from types import ModuleType
@@ -76,3 +77,11 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("stats", "summaries of a table against the paper's", access="report"),
     Stage("status", "which stages and partitions of a run are done", access="read"),
 ]}
+
+
+def add_overwrite(parser: argparse.ArgumentParser) -> None:
+    """``--overwrite``: a stage's table made from other input or options is refused
+    unless the user asks to replace it."""
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output table when it was made from other input "
+                             "or with other options (else such a rerun is refused)")

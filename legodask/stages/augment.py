@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 
+from . import add_overwrite
 from .. import schema as S
 from ..augment.params import PRESETS, Params, preset
 from ..store import Run, StageResult
@@ -58,8 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default graphite)")
     parser.add_argument("--per-task", type=int, default=1,
                         help="structures per task and output partition")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the table when it was made with other parameters")
+    add_overwrite(parser)
 
 
 def command(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 
+from . import add_overwrite
 from .. import schema as S
 from ..crystal.frame import decode_frame
 from ..sources import layouts
@@ -90,8 +91,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="columns of a file: the structure table's by name (table), "
                         "LEGO-xtal's with angles in radians (reference; by position when "
                         "the names are others), or recognised from the header (auto)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the output table when it was made from other input")
+    add_overwrite(p)
 
 
 def command(args: argparse.Namespace) -> int:

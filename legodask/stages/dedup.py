@@ -9,6 +9,7 @@ import argparse
 from ..crystal import fingerprint as F
 from .. import schema as S
 from ..analysis.dedup import DEFAULT_REQUIRE
+from . import add_overwrite
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--known", help=f"folder with a {S.KNOWN} table (`legodask known add`): "
                    f"mark each row's {S.KNOWN_ID} (default: the run's own {S.KNOWN} table "
                    "when it has one; 'none': do not)")
+    add_overwrite(p)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -46,6 +48,6 @@ def command(args: argparse.Namespace) -> int:
     result = dedup(run, args.input or default_input(run), args.output, against,
                    args.geometry, args.symprec, args.matcher, args.env_tol, args.vol_tol,
                    [c for c in args.require.split(",") if c], args.window,
-                   None if known == "none" else known)
+                   None if known == "none" else known, args.overwrite)
     print(result)
     return 0

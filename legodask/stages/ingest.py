@@ -11,6 +11,7 @@ from pathlib import Path
 import dask
 import pandas as pd
 
+from . import add_overwrite
 from .. import schema as S
 from ..sources.ingest import TrainingFilter, read_items
 from ..sources.readers import db_columns, list_items, read_table
@@ -67,8 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "get train = false")
     p.add_argument("--min-distance", type=float, default=0.6,
                    help="atoms closer than this (Å) make a row invalid")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the table when it was made from another source")
+    add_overwrite(p)
 
 
 def command(args: argparse.Namespace) -> int:

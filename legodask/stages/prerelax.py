@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from . import add_overwrite
 from .. import schema as S
 from ..crystal.environment import Environment, get_environment
 from ..crystal.topology import topology_frame
@@ -49,7 +50,7 @@ def prerelax_part(df: pd.DataFrame, partition_info: dict[str, Any] | None = None
 def prerelax(run: Any, source: str | None = None, env: str | Environment = "graphite",
              device: str = "auto", limit: int | None = None,
              options: Options = Options(), output: str = S.PRERELAXED,
-             rdf_bins: int = 0) -> Any:
+             rdf_bins: int = 0, overwrite: bool = False) -> Any:
     """Pre-relax table ``source`` (``samples``, else ``decoded``) of a run into
     ``RUN/prerelaxed.parquet``; on a cluster with a GPU worker the batched path
     runs there.  ``rdf_bins`` > 0 adds the smoothed RDF to the descriptor."""
@@ -81,7 +82,7 @@ def prerelax(run: Any, source: str | None = None, env: str | Environment = "grap
     made_with = {"env": getattr(env, "name", env), "rdf_bins": rdf_bins, "device": device,
                  "limit": limit, "options": asdict(options)}
     return run.map_table(source, output, kernel, meta, desc="prerelax",
-                         annotations=annotations, options=made_with)
+                         annotations=annotations, options=made_with, overwrite=overwrite)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,6 +111,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(0: no such rescue)")
     p.add_argument("--rdf-bins", type=int, default=0,
                    help="add the smoothed RDF in so many bins to the descriptor (pyxtal: 20)")
+    add_overwrite(p)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -118,6 +120,6 @@ def command(args: argparse.Namespace) -> int:
     opts = Options(budget=args.budget, batch_size=args.batch_size, hops=args.hops,
                    wide_rcut=args.wide_rcut, density=args.density_rescue)
     result = prerelax(Run(args.run), args.input, args.env, args.device, args.limit, opts,
-                      args.output, args.rdf_bins)
+                      args.output, args.rdf_bins, args.overwrite)
     print(result)
     return 0

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
+from . import add_overwrite
 from .. import schema as S
 from .. import store
 from ..energy.relax import RelaxSettings
@@ -22,10 +23,12 @@ log = logging.getLogger("legodask")
 def rank(run: Run, models: Sequence[str], input: str = S.PRERELAXED,
          output: str = S.RANKED, options: Mapping[str, Mapping[str, Any]] | None = None,
          settings: RelaxSettings = RelaxSettings(),
-         only_valid_env: bool = False, unique: bool = False) -> StageResult:
+         only_valid_env: bool = False, unique: bool = False,
+         overwrite: bool = False) -> StageResult:
     """Map ``rank_frame`` over table ``input`` into table ``output``; graphite is
     relaxed with each model first (one task per model) as the energy zero.  With
-    ``unique`` the input is deduplicated first and repeats are not relaxed."""
+    ``unique`` the input is deduplicated first (or that dedup resumed) and repeats
+    are not relaxed."""
     import dask
     import pandas as pd
 
@@ -56,16 +59,16 @@ def rank(run: Run, models: Sequence[str], input: str = S.PRERELAXED,
     if not unique:
         kernel = functools.partial(rank_frame, **kwargs)   # its ``options`` are not map_table's
         return run.map_table(input, output, kernel, meta, desc=f"rank {','.join(models)}",
-                             annotations=annotations, options=made_with)
-    if not run.is_complete(S.RANK_UNIQUE):
-        dedup(run, input, S.RANK_UNIQUE,
-              require=[S.VALID_XTAL, *([S.VALID_ENV] if only_valid_env else [])])
+                             annotations=annotations, options=made_with, overwrite=overwrite)
+    dedup(run, input, S.RANK_UNIQUE,
+          require=[S.VALID_XTAL, *([S.VALID_ENV] if only_valid_env else [])],
+          overwrite=overwrite)
     fps = run.read(S.RANK_UNIQUE, columns=[S.ID, S.FINGERPRINT, S.FP_DATA, S.FIRST_ID])
     with dask.annotate(**(annotations or {})):
         mapped = run.read(input).map_partitions(rank_unique, fps, align_dataframes=False,
                                                 meta=meta, **kwargs)
     return run.write(output, mapped.to_delayed(), meta, desc=f"rank {','.join(models)}",
-                     source=input, **made_with)
+                     source=input, overwrite=overwrite, **made_with)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="structures per lock-step batch of the ase relaxer (MACE)")
     g.add_argument("--retries", type=int, default=defaults.retries,
                    help="retries of a structure whose child process died")
+    add_overwrite(parser)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -121,6 +125,6 @@ def command(args: argparse.Namespace) -> int:
         return 2
     log.debug("rank: models %s, settings %s", models, asdict(settings))
     result = rank(Run(args.run), models, args.input, args.output, options, settings,
-                  args.only_valid_env, args.unique)
+                  args.only_valid_env, args.unique, args.overwrite)
     print(result)
     return 0
