@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from . import add_overwrite
 from .. import schema as S
 from .. import store
 from ..models.checkpoint import read_json
@@ -80,8 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-distance", type=float, default=0.6,
                         help="atoms closer than this (Å) make a row invalid; 0 keeps "
                         "overlapping crystals for the pre-relaxation, as the paper does")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the table when it was drawn with other options")
+    add_overwrite(parser)
 
 
 def command(args: argparse.Namespace) -> int:
