@@ -92,6 +92,7 @@ SECTIONS = [
              "legodask train --run runs/counts-vae --model vae --epochs 250",
              *(c.format(run="runs/counts-gan") for c in V1),
              "legodask train --run runs/counts-gan --model gan --epochs 135 --name gan-long"]),
+    Section("digest", "digest: the quick start's tables across a change of code", ("digest",)),
     Section("gpu", "gpu: the device checks", ("gpu",),
             ["legodask run pipelines/quickstart.toml --run runs/quickstart",
              "legodask train --run runs/quickstart --model gan --mode cont --epochs 60"]),

@@ -27,6 +27,7 @@ ROOT = HERE.parent
 TABLES = ["ingested", "augmented", "samples", "prerelaxed"]
 TIMINGS = {"seconds", "iterations"}     # wall-clock, or its budget share
 RESULT = HERE / "results" / "digest.json"
+REPORT = HERE / "results" / "digest.md"
 
 
 def table_digest(path: Path, columns: list[str] | None = None) -> dict[str, object]:
@@ -36,13 +37,15 @@ def table_digest(path: Path, columns: list[str] | None = None) -> dict[str, obje
                    ignore_index=True)
     df = df.drop(columns=[c for c in df.columns if c in TIMINGS])
     added = sorted(set(df.columns) - set(columns)) if columns else []
-    df = df[columns] if columns else df
+    missing = [c for c in columns or [] if c not in df.columns]
+    df = df[[c for c in columns if c in df.columns]] if columns else df
     df = df.sort_values("id", kind="stable").reset_index(drop=True)
     for c in df.columns:
         if df[c].dtype.kind == "f":
             df[c] = df[c].round(9)
     text = df.to_csv(index=False, float_format="%.9g")
-    return {"rows": len(df), "columns": list(df.columns),
+    return {"rows": len(df), "columns": list(df.columns) + missing,
+            **({"missing": missing} if missing else {}),
             "sha256": hashlib.sha256(text.encode()).hexdigest(), **({"added": added} if added else {})}
 
 
@@ -54,6 +57,24 @@ def digest(run: Path, like: dict[str, Any] | None = None) -> dict[str, object]:
     metrics = json.loads((run / "metrics.json").read_text())
     out["metrics"] = {k: v for k, v in metrics.items() if k.startswith("n_")}
     return out
+
+
+def commit() -> str:
+    """The checked-out commit, for the record."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+def write_report(action: str, lines: list[str]) -> None:
+    """The section of benchmarks/README.md: what was stored or checked, at which commit."""
+    what = ("Stored the digest of the fixed-seed quick start" if action == "run"
+            else "Checked the fixed-seed quick start against the stored digest")
+    REPORT.write_text("\n".join([
+        "## digest", "", "```bash", f"python benchmarks/digest.py {action}", "```", "",
+        f"{what} at commit {commit()} (tables ingested, augmented, samples, prerelaxed: "
+        "rows and a hash of their values; the counts of metrics.json).", "",
+        *[f"- {line}" for line in lines], ""]))
 
 
 def run_quickstart(run: Path) -> None:
@@ -75,15 +96,17 @@ def main() -> int:
     got = digest(run, want)
     if args.action == "run":
         RESULT.write_text(json.dumps(got, indent=1) + "\n")
+        write_report("run", [f"{t}: {got[t]['rows']} rows" for t in TABLES]
+                     + [f"metrics: {got['metrics']}"])
         print(json.dumps(got, indent=1))
         return 0
-    for t in TABLES:
-        if got[t].pop("added", None):
-            print(f"{t}: columns added since the stored digest (not compared)")
+    lines = [f"{t}: columns added since the stored digest, not compared: "
+             f"{', '.join(added)}" for t in TABLES if (added := got[t].pop("added", None))]
     diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
-    for k, (w, g) in diff.items():
-        print(f"{k}: stored {w}, now {g}")
-    print("digest: same tables" if not diff else f"digest: {len(diff)} differ")
+    lines += [f"{k}: stored {w}, now {g}" for k, (w, g) in diff.items()]
+    lines.append("same tables" if not diff else f"{len(diff)} differ")
+    write_report("check", lines)
+    print("\n".join(lines))
     return 1 if diff else 0
 
 
