@@ -53,7 +53,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           reads=(S.INGESTED,), writes=(S.AUGMENTED,), cluster=True, pipeline=True),
     Stage("encode", "fit the encoder and write the run's features",
           reads=(S.AUGMENTED,), writes=(store.FEATURES,), pipeline=True),
-    Stage("train", "train a GAN or VAE on the augmented table",
+    Stage("train", "train a GAN, VAE or two-stage CVAE on the augmented table",
           reads=(store.FEATURES,), writes=(store.MODELS,), cluster=True, gpu=True,
           pipeline=True),
     Stage("sample", "sample rows from a trained model and decode them",
