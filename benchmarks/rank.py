@@ -29,6 +29,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -128,12 +129,14 @@ def run_model(name: str, options: dict, data: list[dict], settings: RelaxSetting
         "graphite": ref.energy, "graphite_error": ref.error,
         "vs_vasp": _stats(energy - ref.energy, vasp_above),
         "failed": [{"id": d["id"], "error": r.error} for d, r in zip(data, results) if not r.ok],
+        "converged": int(sum(r.converged for r in results)),
         "per_core_min": float(len(data) / (seconds.sum() / 60)),
         "by_size": speed, "wall_s": wall,
         "median_steps": float(np.median([r.steps for r in results])),
         "structures": [{"id": d["id"], "natoms": d["natoms"], "energy": r.energy,
-                        "steps": r.steps, "seconds": r.seconds, "error": r.error}
-                       for d, r in zip(data, results)],
+                        "steps": r.steps, "seconds": r.seconds, "converged": r.converged,
+                        "vasp_above": float(v), "error": r.error}
+                       for d, r, v in zip(data, results, vasp_above)],
     }
 
 
@@ -163,6 +166,38 @@ def _f(x: float | None, nd: int = 3) -> str:
     return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
+def side_by_side(res: dict) -> list[str]:
+    """The fast and the ase relaxer of one model on the structures both relaxed in
+    this run (``--ase-limit``): speed, convergence, energies against each other."""
+    lines: list[str] = []
+    for ase in (m for m in res["models"] if m.get("relaxer") == "ase"
+                and "same run" in str(m.get("subset"))):
+        fast = next(m for m in res["models"]
+                    if m["model"] == ase["model"] and m.get("relaxer") == "fast")
+        by_id = {x["id"]: x for x in fast["structures"]}
+        pairs = [(by_id[x["id"]], x) for x in ase["structures"] if x["id"] in by_id]
+        rate = [len(pairs) / (sum(p[k]["seconds"] for p in pairs) / 60) for k in (0, 1)]
+        conv = [sum(bool(p[k].get("converged")) for p in pairs) for k in (0, 1)]
+        de = np.array([(f["energy"] - fast["graphite"]) - (a["energy"] - ase["graphite"])
+                       for f, a in pairs])
+        lines += ["", f"Side by side on the {len(pairs)} structures both relaxers ran in this "
+                  f"run ({ase['model']}): fast {rate[0]:.1f} against ase {rate[1]:.1f} "
+                  f"structures per core-minute ({rate[0] / rate[1]:.1f}x), converged "
+                  f"{conv[0]} against {conv[1]} of {len(pairs)}, RMSE vs VASP "
+                  f"{_f(_stats(*_above(fast, [p[0] for p in pairs])).get('rmse'))} against "
+                  f"{_f(_stats(*_above(ase, [p[1] for p in pairs])).get('rmse'))} eV/atom; "
+                  f"energies above graphite differ by "
+                  f"{np.nanmedian(de) * 1000:+.1f} meV/atom (median; fast minus ase, "
+                  f"{np.sum(np.abs(de) > 0.005)} beyond 5 meV/atom)."]
+    return lines
+
+
+def _above(model: dict, structures: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """Energies above the model's graphite and VASP's of ``structures`` (eV/atom)."""
+    return (np.array([x["energy"] - model["graphite"] for x in structures]),
+            np.array([x["vasp_above"] for x in structures]))
+
+
 def markdown(res: dict, command: str) -> str:
     lines = [f"# rank: energy models against VASP ({res['subset']})", "",
              f"`{command}`", "",
@@ -183,8 +218,8 @@ def markdown(res: dict, command: str) -> str:
                      f"{PAPER_RMSE['reaxff' if key == 'ff' else 'mace']} |")
     lines += ["", "## (b) Speed: structures per core-minute (one structure per core)", "",
               "| model | all | " + " | ".join(f"{lo}-{hi} atoms" for lo, hi in SIZE_BINS)
-              + " | median steps | at step budget | paper (+min per 1,000 on 96 cores → "
-              "per core-min) |", "|---|---|" + "---|" * len(SIZE_BINS) + "---|---|---|"]
+              + " | median steps | at step budget | converged | paper (+min per 1,000 on 96 "
+              "cores → per core-min) |", "|---|---|" + "---|" * len(SIZE_BINS) + "---|---|---|---|"]
     for m in res["models"]:
         paper = PAPER_MIN_PER_1000.get(m["model"])
         paper_txt = (f"+{paper} → {1000 / (paper * PAPER_CORES):.1f}" if paper else "–")
@@ -195,7 +230,8 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"| {m['model']} ({m.get('relaxer', 'ase')}) | "
                      f"{_f(m['per_core_min'], 1)} | " + " | ".join(cells)
                      + f" | {_f(m['median_steps'], 0)} | {capped} of {len(m['structures'])} "
-                     f"| {paper_txt} |")
+                     f"| {m.get('converged', '–')} of {len(m['structures'])} | {paper_txt} |")
+    lines += side_by_side(res)
     if res.get("ffields"):
         lines += ["", f"## (c) ReaxFF parameter files ({res['ffield_subset']})", "",
                   "| ffield | n | RMSE | RMSE offset-free | Spearman | graphite |",
@@ -226,6 +262,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="processes, one structure each")
     ap.add_argument("--relaxer", default="fast", choices=("fast", "ase"),
                     help="fast: LAMMPS's minimiser / the batched relaxer; ase: ASE's FIRE")
+    ap.add_argument("--ase-limit", type=int, default=0,
+                    help="also relax this many of the structures (evenly spaced) with the "
+                         "ase relaxer in the same run, side by side with --relaxer fast")
     ap.add_argument("--merge", action="store_true",
                     help="keep the previous results' models and parameter files not redone")
     args = ap.parse_args()
@@ -244,6 +283,13 @@ def main() -> None:
                              | {"subset": res["subset"], "relaxer": args.relaxer})
         print(json.dumps({k: v for k, v in res["models"][-1].items() if k != "structures"},
                          indent=1), flush=True)
+        if args.ase_limit and args.relaxer != "ase":
+            side = training_set(max_atoms, args.ase_limit)
+            subset = (f"{len(side)} of the 140 training structures with <= {max_atoms} atoms, "
+                      f"evenly spaced, in the same run as the fast relaxer")
+            print(f"{name} (ase relaxer): {len(side)} structures ...", flush=True)
+            res["models"].append(run_model(name, opts, side, replace(settings, relaxer="ase"),
+                                           args.workers) | {"subset": subset, "relaxer": "ase"})
     if ff_limit:
         small = training_set(16, ff_limit)
         res["ffield_subset"] = f"{len(small)} training structures with <= 16 atoms"

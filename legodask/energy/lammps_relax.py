@@ -5,13 +5,18 @@ Each structure replaces the previous one in the same instance (``delete_atoms``
 and ``change_box`` would keep stale state, so the box is rebuilt after ``clear``,
 which keeps the loaded library and its potential files cached by the OS).  The
 cell relaxes under ``fix box/relax tri 0.0`` (all six cell degrees of freedom to
-zero stress) with conjugate gradients and the quadratic line search that
-``box/relax`` wants; ``minimize`` stops at the force tolerance, the step budget
-or ``timer timeout`` (the wall-clock limit, which stops it cleanly so the last
-geometry is kept).  A minimisation that ends before the structure meets the same
-convergence test as the ASE path (largest atomic force and cell force below
-``fmax``) is restarted from where it stopped (``box/relax`` measures the cell
-against its state at the start of each ``minimize``), within the same budget.
+zero stress) with conjugate gradients and the ``forcezero`` line search (which
+looks for a zero of the force along the search direction, not a minimum of the
+energy: ReaxFF's energy steps at its bond-order cut-offs stall the energy-based
+line searches, which then spend up to five force evaluations an iteration).  A
+``fix halt`` stops the minimisation inside LAMMPS as soon as the structure meets
+the ASE path's convergence test (largest atomic force and cell force below
+``fmax``; LAMMPS's own force tolerance would weigh the cell N times more);
+``minimize`` also stops at the step budget or ``timer timeout`` (the wall-clock
+limit, which stops it cleanly so the last geometry is kept).  A minimisation that
+ends before that test passes is restarted from where it stopped (``box/relax``
+measures the cell against its state at the start of each ``minimize``), within
+the same budget.
 LAMMPS does not impose symmetry: the result records the space group it reached.
 Used in ``isolate``'s child process, so a crash of LAMMPS costs one structure.
 """
@@ -32,10 +37,12 @@ from .symmetry import space_group
 # The two phases a relaxation alternates: conjugate gradients with the cell free,
 # then, where ReaxFF's forces stop matching its energy (its bond-order cut-offs)
 # and the line search stalls, FIRE on the atoms, which needs forces only (LAMMPS's
-# damped-dynamics minimisers do not move the cell).
-CELL_PHASE = ["fix relax all box/relax tri 0.0 vmax 0.01", "min_style cg",
-              "min_modify line quadratic norm max"]
-ATOMS_PHASE = ["unfix relax", "min_style fire", "min_modify norm max"]
+# damped-dynamics minimisers do not move the cell).  ``fix halt`` watches the
+# first only: FIRE does not compute the virial at every step, and cannot move the cell.
+CELL_PHASE = ["fix relax all box/relax tri 0.0 vmax 0.01",
+              "fix halt all halt 1 v_done > 0.5 error continue", "min_style cg",
+              "min_modify line forcezero norm max"]
+ATOMS_PHASE = ["unfix relax", "unfix halt", "min_style fire", "min_modify norm max"]
 PHASE_STEPS = 50         # iterations of one phase at most
 MAX_EVALS_PER_STEP = 3   # force evaluations per iteration (line search) at most
 
@@ -103,6 +110,20 @@ class LammpsRelaxer:
                            "thermo_modify norm no flush no"])
         return prism
 
+    def _halt(self, fmax: float) -> list[str]:
+        """``fix halt`` stopping a minimisation inside LAMMPS once the larger of the
+        largest atomic force and the Frobenius norm of virial/N (which bounds the
+        largest row that ``_read`` tests, in any frame) is below ``fmax``."""
+        from ase.calculators.lammps import convert
+
+        nktv2p = {"real": 68568.415, "metal": 1.6021765e6}[self.units]
+        ftol = float(convert(fmax, "force", "ASE", self.units))
+        return ["variable fatom atom sqrt(fx*fx+fy*fy+fz*fz)",
+                "compute fatom all reduce max v_fatom",
+                f"variable fcell equal sqrt(pxx^2+pyy^2+pzz^2+2*(pxy^2+pxz^2+pyz^2))"
+                f"*vol/{nktv2p}/atoms",
+                f"variable done equal (c_fatom<{ftol!r})*(v_fcell<{ftol!r})"]
+
     def _relax(self, atoms: Atoms, t0: float) -> RelaxResult:
         from ase.calculators.lammps import convert
 
@@ -111,6 +132,7 @@ class LammpsRelaxer:
         fmax, max_steps = budget(n, s)
         prism = self._setup(atoms)
         lmp = self.lmp
+        lmp.commands_list(self._halt(fmax))
         v0 = atoms.get_volume()
         ftol = convert(fmax, "force", "ASE", self.units)
         steps, converged, state = 0, False, None
