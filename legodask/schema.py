@@ -35,12 +35,13 @@ DECODED = "decoded"
 AUGMENTED = "augmented"
 SAMPLES = "samples"
 PRERELAXED = "prerelaxed"
+OPTIMIZED = "optimized"                 # the pre-relaxed rows, the missed ones optimised again
 RANKED = "ranked"
 RANK_UNIQUE = "rank_unique"             # the pre-relaxed rows, deduplicated before ranking
 FINGERPRINTS = "fingerprints"
 TRAIN_FINGERPRINTS = "train_fingerprints"
 KNOWN = "known"                         # known crystals: fingerprints and nets (novelty)
-TABLES = [INGESTED, DECODED, AUGMENTED, SAMPLES, PRERELAXED, RANKED, RANK_UNIQUE,
+TABLES = [INGESTED, DECODED, AUGMENTED, SAMPLES, PRERELAXED, OPTIMIZED, RANKED, RANK_UNIQUE,
           FINGERPRINTS, TRAIN_FINGERPRINTS, KNOWN]
 
 ID = "id"
@@ -87,6 +88,11 @@ TABULAR = ["spg", *CELL, *[c for k in range(MAX_SITES) for c in (WP[k], *XYZ[k])
 
 # Columns that later stages add (declared here so that only this module names them).
 PRERELAX = [LOSS, VALID_ENV, ENV_ERROR, ITERATIONS, SECONDS]
+# The optimisation stage's: the round whose result a row holds (0: the pre-relaxation's
+# own) and the latent steps taken on the row over all rounds.
+ROUND = "round"
+Z_STEPS = "z_steps"
+OPTIMIZE_DTYPES = {ROUND: "int16", Z_STEPS: "int32"}
 FINGERPRINT = "fingerprint"
 # The fingerprint's other columns (fingerprint.py) and deduplication's marks.
 FP_VBIN = "fp_vbin"                    # volume per atom on a logarithmic grid
@@ -118,8 +124,8 @@ SUBGROUP_PATH = "subgroup_path"      # augment: the subgroups that wrote it, e.g
 AUGMENT_ERRORS = "augment_errors"    # augment: the structure's subgroup tries that raised
 
 # Every column name a stage writes (the energy columns are per model: energy_columns).
-ALL_COLUMNS = [*COLUMNS, *PRERELAX, *FP_DTYPES, IS_NEW, FIRST_ID, TRAIN, FILTER_REASON,
-               SUBGROUP_PATH, AUGMENT_ERRORS, *TOPOLOGY_DTYPES, KNOWN_ID]
+ALL_COLUMNS = [*COLUMNS, *PRERELAX, *OPTIMIZE_DTYPES, *FP_DTYPES, IS_NEW, FIRST_ID, TRAIN,
+               FILTER_REASON, SUBGROUP_PATH, AUGMENT_ERRORS, *TOPOLOGY_DTYPES, KNOWN_ID]
 
 
 def energy_columns(model: str) -> list[str]:

@@ -4,8 +4,9 @@ VAE): ``build`` a new one for an encoder's layout, ``load`` a trained one for sa
 Modules: ``encoding`` (table rows <-> features), ``base`` (what a model provides),
 ``gan``, ``vae`` and ``cvae`` (with its stage 1, ``catalogue``, and the classes a sample
 may be restricted to, ``classes``), ``torch_transform`` (the differentiable inverse of
-the continuous encoding), ``steer`` (the pre-relaxation loss of decoded latent vectors),
-``training`` (the loop), ``checkpoint`` (a model's files),
+the continuous encoding), ``steer`` (the pre-relaxation loss of decoded latent
+vectors), ``latent`` (latent steps down that loss), ``optimize`` (rounds of them and of
+direct optimisation), ``training`` (the loop), ``checkpoint`` (a model's files),
 ``plot`` (its loss curves) and ``sampling`` (rows drawn from a trained model).
 """
 

@@ -60,6 +60,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           reads=(store.MODELS,), writes=(S.SAMPLES,), cluster=True, gpu=True, pipeline=True),
     Stage("prerelax", "pre-relax towards the reference environment",
           reads=(S.SAMPLES,), writes=(S.PRERELAXED,), cluster=True, gpu=True, pipeline=True),
+    Stage("optimize", "optimise the rows that missed the environment again, in latent "
+          "space and directly", reads=(S.PRERELAXED,), writes=(S.OPTIMIZED,), cluster=True,
+          gpu=True, pipeline=True),
     Stage("rank", "relax and rank energies with force fields",
           reads=(S.PRERELAXED,), writes=(S.RANKED,), cluster=True, pipeline=True),
     Stage("known", "add known structures (default: SACADA sp2) to a known table",
