@@ -78,7 +78,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=4,
                    help="rounds for the rows that still miss the environment")
     p.add_argument("--z-steps", type=int, default=None,
-                   help="latent steps per row and round (default: models.latent.LatentOptions)")
+                   help="latent steps per row and round "
+                        "(default: models.latent.LatentOptions.steps)")
     p.add_argument("--resample", action="store_true",
                    help="the control: a fresh latent vector each round, direct optimisation "
                         "only (the same rounds and direct steps)")
