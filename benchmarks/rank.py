@@ -135,7 +135,7 @@ def run_model(name: str, options: dict, data: list[dict], settings: RelaxSetting
         "median_steps": float(np.median([r.steps for r in results])),
         "structures": [{"id": d["id"], "natoms": d["natoms"], "energy": r.energy,
                         "steps": r.steps, "seconds": r.seconds, "converged": r.converged,
-                        "vasp_above": float(v), "error": r.error}
+                        "vasp_above": float(v), "spg": r.spg, "error": r.error}
                        for d, r, v in zip(data, results, vasp_above)],
     }
 
@@ -242,12 +242,15 @@ def markdown(res: dict, command: str) -> str:
                          f"{_f(s.get('rmse_offset_free'))} | {_f(s.get('spearman'), 2)} | "
                          f"{_f(m['graphite'])} |")
     lines += ["", "Structures per model: " + "; ".join(
-        f"{m['model']}: {m.get('subset')}" for m in res["models"]) + ".", "",
+        f"{m['model']} ({m.get('relaxer', 'ase')}): {m.get('subset')}"
+        for m in res["models"]) + ".", "",
               "Notes: the paper's numbers are for its own runs (GULP ReaxFF; MACE-MP-0 "
               "small with D3) on pre-relaxed generated structures with 96 cores; here one "
-              "structure runs on one core of a small shared machine, relaxed from the db's "
-              "geometry (not pre-relaxed), so the speed is per core-minute, not wall time. "
-              "VASP energies above graphite use the paper's graphite, -9.355 eV/atom.", ""]
+              "structure runs on one core of a machine with 2 shared CPU cores, relaxed from "
+              "the db's geometry (not pre-relaxed), so the speed is per core-minute, not wall "
+              "time. VASP energies above graphite use the paper's graphite, -9.355 eV/atom. "
+              "To rerun from a clean checkout: `make venv`, `export "
+              "LEGODASK_SACADA_DB=/path/to/sp2_sacada.db`, then the command above.", ""]
     return "\n".join(lines)
 
 
