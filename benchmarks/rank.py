@@ -219,7 +219,8 @@ def markdown(res: dict, command: str) -> str:
     lines += ["", "## (b) Speed: structures per core-minute (one structure per core)", "",
               "| model | all | " + " | ".join(f"{lo}-{hi} atoms" for lo, hi in SIZE_BINS)
               + " | median steps | at step budget | converged | paper (+min per 1,000 on 96 "
-              "cores → per core-min) |", "|---|---|" + "---|" * len(SIZE_BINS) + "---|---|---|---|"]
+              "cores → per core-min) |",
+              "|---|---|" + "---|" * len(SIZE_BINS) + "---|---|---|---|"]
     for m in res["models"]:
         paper = PAPER_MIN_PER_1000.get(m["model"])
         paper_txt = (f"+{paper} → {1000 / (paper * PAPER_CORES):.1f}" if paper else "–")
