@@ -125,17 +125,47 @@ class LammpsRelaxer:
                 f"variable done equal (c_fatom<{ftol!r})*(v_fcell<{ftol!r})"]
 
     def _relax(self, atoms: Atoms, t0: float) -> RelaxResult:
+        """Descend; where the result drifted out of the starting space group but is
+        still in it at a looser tolerance, symmetrise it and descend again from there
+        with the steps left (once); converged is judged on the structure returned."""
+        s = self.settings
+        n = len(atoms)
+        fmax, max_steps = budget(n, s)
+        start = space_group(atoms, s.symprec)
+        state, steps, error = self._descend(atoms, fmax, max_steps, t0)
+        for again in (True, False):
+            if error:
+                return RelaxResult(steps=steps, error=error, relaxer="lammps",
+                                   seconds=time.monotonic() - t0)
+            spg = space_group(state["atoms"], s.symprec)
+            fixed = self._symmetrized(state["atoms"], start) if spg != start else None
+            if fixed is None:
+                break
+            if not again or steps >= max_steps:
+                state, spg = self._read(self._setup(fixed), fixed), start
+                break
+            state, more, error = self._descend(fixed, fmax, max_steps - steps, t0)
+            steps += more
+        return RelaxResult(energy=state["energy"] / n, steps=steps,
+                           relaxed=atoms_to_text(state["atoms"]),
+                           seconds=time.monotonic() - t0, converged=state["fmax"] <= fmax,
+                           relaxer="lammps", spg=spg)
+
+    def _descend(self, atoms: Atoms, fmax: float, max_steps: int, t0: float
+                 ) -> tuple[dict[str, Any], int, str | None]:
+        """Alternate the cell and atom phases from ``atoms`` until converged, out of
+        steps, stuck or out of time: the last state, the steps taken, and an error
+        when the structure blew up."""
         from ase.calculators.lammps import convert
 
         s = self.settings
         n = len(atoms)
-        fmax, max_steps = budget(n, s)
         prism = self._setup(atoms)
         lmp = self.lmp
         lmp.commands_list(self._halt(fmax))
         v0 = atoms.get_volume()
         ftol = convert(fmax, "force", "ASE", self.units)
-        steps, converged, state = 0, False, None
+        steps, state = 0, None
         k = idle = 0
         while steps < max_steps and idle < 2 and time.monotonic() - t0 < s.timeout:
             lmp.commands_list(ATOMS_PHASE if k % 2 else CELL_PHASE)
@@ -151,37 +181,23 @@ class LammpsRelaxer:
             state = self._read(prism, atoms)
             error = check_state(state["energy"], state["forces"], state["volume"] / v0, n, s)
             if error:
-                return RelaxResult(steps=steps, error=error, relaxer="lammps",
-                                   seconds=time.monotonic() - t0)
-            converged = state["fmax"] <= fmax
-            if converged:
+                return state, steps, error
+            if state["fmax"] <= fmax:
                 break
-        if state is None:
-            state = self._read(prism, atoms)
-        relaxed, energy = state["atoms"], state["energy"]
-        spg = space_group(relaxed, s.symprec)
-        start = space_group(atoms, s.symprec)
-        if spg != start:
-            relaxed, energy, spg = self._symmetrized(relaxed, energy, spg, start)
-        return RelaxResult(energy=energy / n, steps=steps, relaxed=atoms_to_text(relaxed),
-                           seconds=time.monotonic() - t0, converged=bool(converged),
-                           relaxer="lammps", spg=spg)
+        return (state if state is not None else self._read(prism, atoms)), steps, None
 
-    def _symmetrized(self, relaxed: Atoms, energy: float, spg: int,
-                     start: int) -> tuple[Atoms, float, int]:
-        """Where the relaxed structure drifted out of the space group it started in
-        (``box/relax`` moves a hexagonal cell's tilt apart from its lengths) but
-        is still in it at a looser tolerance: the structure symmetrised in it (ASE's
-        ``refine_symmetry``) and its energy there; else it as it is."""
+    def _symmetrized(self, relaxed: Atoms, start: int) -> Atoms | None:
+        """``relaxed`` symmetrised in space group ``start`` (ASE's ``refine_symmetry``)
+        when it is still in it at a looser tolerance (``box/relax`` moves a hexagonal
+        cell's tilt apart from its lengths), else None."""
         from ase.spacegroup.symmetrize import refine_symmetry
 
         for loose in (3 * self.settings.symprec, 10 * self.settings.symprec):
             if space_group(relaxed, loose) == start:
                 fixed = relaxed.copy()
                 refine_symmetry(fixed, symprec=loose)
-                prism = self._setup(fixed)
-                return fixed, self._read(prism, fixed)["energy"], start
-        return relaxed, energy, spg
+                return fixed
+        return None
 
     def _read(self, prism: Any, atoms: Atoms) -> dict[str, Any]:
         """Energy (eV), forces (eV/Å), geometry and the convergence measure (the
