@@ -17,6 +17,30 @@ from .encoding import Span
 if TYPE_CHECKING:
     from .classes import Classes
 
+class EpochMeans:
+    """The mean of each named loss over an epoch's steps (what ``train_epoch``
+    returns); a name never added stays 0."""
+
+    def __init__(self, *names: str) -> None:
+        self.sums = dict.fromkeys(names, 0.0)
+        self.steps = 0
+
+    def add(self, **losses: torch.Tensor) -> None:
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.item()
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step of ``optimizer`` down ``loss``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
 # What a validity check after each epoch logs: the shares of rows drawn that decode
 # as valid crystals (``sampling.validity``); plotted on their own axis.
 SHARES = ("valid", "valid_no_distance")

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import ChunkStream, Layout, TabularModel
+from .base import ChunkStream, EpochMeans, Layout, TabularModel, descend
 from .encoding import Span
 
 DEFAULTS: dict[str, Any] = {
@@ -115,8 +115,7 @@ class GAN(TabularModel):
         bs = hp["batch_size"]
         self.G.train()
         self.D.train()
-        sums = {"loss_g": 0.0, "loss_d": 0.0, "penalty": 0.0}
-        steps = 0
+        means = EpochMeans("loss_g", "loss_d", "penalty")
         for chunk in stream.epoch(rng):
             data = torch.from_numpy(chunk).to(self.device)
             cats = chunk[:, self.cond.offset:self.cond.offset + self.cond.dim].argmax(1)
@@ -143,9 +142,7 @@ class GAN(TabularModel):
                     real_cat = torch.cat([real, oh1[perm]], 1)
                     loss_d = self.D(fake_cat).mean() - self.D(real_cat).mean()
                     pen = self.D.gradient_penalty(real_cat, fake_cat, hp["gp_lambda"])
-                    self.opt_d.zero_grad(set_to_none=True)
-                    (loss_d + pen).backward()
-                    self.opt_d.step()
+                    descend(self.opt_d, loss_d + pen)
                 c1 = rng.choice(self.cond.dim, size=bs, p=p)
                 oh1 = self._onehot(c1)
                 raw = self.G(torch.cat([self._noise(bs), oh1], 1))
@@ -153,14 +150,9 @@ class GAN(TabularModel):
                 ce = F.cross_entropy(raw[:, self.cond.offset:self.cond.offset + self.cond.dim],
                                      torch.as_tensor(c1, device=self.device))
                 loss_g = -self.D(torch.cat([fake, oh1], 1)).mean() + ce
-                self.opt_g.zero_grad(set_to_none=True)
-                loss_g.backward()
-                self.opt_g.step()
-                sums["loss_g"] += loss_g.item()
-                sums["loss_d"] += loss_d.item()
-                sums["penalty"] += pen.item()
-                steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+                descend(self.opt_g, loss_g)
+                means.add(loss_g=loss_g, loss_d=loss_d, penalty=pen)
+        return means.means()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import ChunkStream, Layout, TabularModel
+from .base import ChunkStream, EpochMeans, Layout, TabularModel, descend
 from .encoding import Span
 
 DEFAULTS: dict[str, Any] = {
@@ -98,23 +98,17 @@ class VAE(TabularModel):
         bs = self.hparams["batch_size"]
         self.enc.train()
         self.dec.train()
-        sums = {"loss": 0.0, "recon": 0.0, "kld": 0.0}
-        steps = 0
+        means = EpochMeans("loss", "recon", "kld")
         for chunk in stream.epoch(rng):
             data = torch.from_numpy(chunk).to(self.device)
             perm = torch.as_tensor(rng.permutation(len(chunk)), device=self.device)
             for s in range(0, len(chunk), bs):
                 recon, kld = self._loss(data[perm[s:s + bs]])
                 loss = recon + kld
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                descend(self.opt, loss)
                 self.dec.sigma.data.clamp_(0.01, 1.0)
-                sums["loss"] += loss.item()
-                sums["recon"] += recon.item()
-                sums["kld"] += kld.item()
-                steps += 1
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+                means.add(loss=loss, recon=recon, kld=kld)
+        return means.means()
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator,
