@@ -88,3 +88,9 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the output table when it was made from other input "
                              "or with other options (else such a rerun is refused)")
+
+
+def add_environment(parser: argparse.ArgumentParser) -> None:
+    """``--env``: the reference environment that pre-relaxation steers towards."""
+    parser.add_argument("--env", default="graphite",
+                        help="reference environment: graphite, cristobalite or a structure file")

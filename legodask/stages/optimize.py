@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import add_overwrite
+from . import add_environment, add_overwrite
 from .. import schema as S
 from .. import store
 from ..prerelax.options import Options
@@ -85,8 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "only (the same rounds and direct steps)")
     p.add_argument("--input", default=S.PRERELAXED, help="pre-relaxed table to optimise")
     p.add_argument("--output", default=S.OPTIMIZED, help="output table name")
-    p.add_argument("--env", default="graphite",
-                   help="reference environment: graphite, cristobalite or a structure file")
+    add_environment(p)
     p.add_argument("--device", choices=["cpu", "torch", "auto"], default="auto",
                    help="latent steps in torch (on a GPU when there is one); direct steps "
                         "as prerelax --device")

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from . import add_overwrite
+from . import add_environment, add_overwrite
 from .. import schema as S
 from ..crystal.environment import Environment, get_environment
 from ..crystal.topology import topology_frame
@@ -90,8 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None,
                    help="table to pre-relax (default: samples, else decoded)")
     p.add_argument("--output", default=S.PRERELAXED, help="output table name")
-    p.add_argument("--env", default="graphite",
-                   help="reference environment: graphite, cristobalite or a structure file")
+    add_environment(p)
     p.add_argument("--device", choices=["cpu", "torch", "auto"], default="auto",
                    help="cpu: scipy per structure; torch: batched (GPU if any); "
                         "auto: batched on a GPU worker, else scipy")
