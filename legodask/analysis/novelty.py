@@ -98,7 +98,7 @@ def add_known(run: Run, source: str | Path, symprec: float = 1e-3,
                  "symprec": symprec}
         run.mark_complete(S.KNOWN, start + len(chunks), sources=[*sources, entry])
     result = StageResult(S.KNOWN, len(chunks), len(done), rows)
-    log.info("%s", result)
+    log.debug("%s", result)
     return result
 
 

@@ -10,10 +10,14 @@ of MACE models under recent torch).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import os
 import re
+import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -137,10 +141,28 @@ def mace(model: str | None = None, dispersion: bool = False, device: str | None 
                        options={"model": model, "file": str(path), "dispersion": dispersion})
 
 
+_PRINTS = threading.Lock()
+
+
+def _load_chgnet(device: str) -> Any:
+    """CHGNet's bundled model, built without its prints on the terminal (its size and
+    device, unconditionally; one thread at a time, so that redirects never
+    interleave) and without its per-call note on a tensor it converts."""
+    from chgnet.model import CHGNet
+
+    warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad",
+                            module="chgnet")
+    with _PRINTS, contextlib.redirect_stdout(io.StringIO()):
+        return CHGNet.load(use_device=device, verbose=False)
+
+
 def make_chgnet_calculator(device: str | None) -> Calculator:
     from chgnet.model.dynamics import CHGNetCalculator
 
-    return CHGNetCalculator(use_device=_device(device))
+    dev = _device(device)
+    model = _load_chgnet(dev)
+    with _PRINTS, contextlib.redirect_stdout(io.StringIO()):   # "CHGNet will run on ..."
+        return CHGNetCalculator(model=model, use_device=dev)
 
 
 def make_chgnet_torchsim(device: str | None) -> Any:
@@ -151,13 +173,12 @@ def make_chgnet_torchsim(device: str | None) -> Any:
     numbers are its ASE calculator's at less cost.  eV, eV/Å, eV/Å^3, in float64
     for the optimiser."""
     import torch
-    from chgnet.model import CHGNet
     from chgnet.model.model import BatchedGraph
     from pymatgen.core import Lattice, Structure
     from torch_sim.models.interface import ModelInterface
 
     dev = _device(device)
-    net = CHGNet.load(use_device=dev, verbose=False)
+    net = _load_chgnet(dev)
     net.eval()
 
     class CHGNetModel(ModelInterface):
