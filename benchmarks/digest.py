@@ -66,7 +66,7 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def write_report(action: str, lines: list[str]) -> None:
+def write_report(action: str, lines: list[str], note: str = "") -> None:
     """The section of benchmarks/README.md: what was stored or checked, at which commit."""
     what = ("Stored the digest of the fixed-seed quick start" if action == "run"
             else "Checked the fixed-seed quick start against the stored digest")
@@ -74,7 +74,17 @@ def write_report(action: str, lines: list[str]) -> None:
         "## digest", "", "```bash", f"python benchmarks/digest.py {action}", "```", "",
         f"{what} at commit {commit()} (tables ingested, augmented, samples, prerelaxed: "
         "rows and a hash of their values; the counts of metrics.json).", "",
-        *[f"- {line}" for line in lines], ""]))
+        *[f"- {line}" for line in lines], "", *([note, ""] if note else [])]))
+
+
+def difference(key: str, want: Any, got: Any) -> str:
+    """One line on how a stored digest and a new one differ."""
+    if key in TABLES and got and got.get("missing"):
+        return (f"{key}: columns no longer there: {', '.join(got['missing'])} "
+                f"(its other columns not compared)")
+    if key in TABLES:
+        return f"{key}: rows or values differ ({want['rows']} rows stored, {got['rows']} now)"
+    return f"{key}: stored {want}, now {got}"
 
 
 def run_quickstart(run: Path) -> None:
@@ -88,6 +98,7 @@ def main() -> int:
     p.add_argument("action", choices=["run", "check"])
     p.add_argument("--run", default=str(ROOT / "runs" / "digest"), help="run directory")
     p.add_argument("--no-run", action="store_true", help="digest an existing run directory")
+    p.add_argument("--note", default="", help="a sentence for the section (what changed since)")
     args = p.parse_args()
     run = Path(args.run)
     if not args.no_run:
@@ -97,15 +108,15 @@ def main() -> int:
     if args.action == "run":
         RESULT.write_text(json.dumps(got, indent=1) + "\n")
         write_report("run", [f"{t}: {got[t]['rows']} rows" for t in TABLES]
-                     + [f"metrics: {got['metrics']}"])
+                     + [f"metrics: {got['metrics']}"], args.note)
         print(json.dumps(got, indent=1))
         return 0
     lines = [f"{t}: columns added since the stored digest, not compared: "
              f"{', '.join(added)}" for t in TABLES if (added := got[t].pop("added", None))]
     diff = {k: (want.get(k), got.get(k)) for k in set(want) | set(got) if want.get(k) != got.get(k)}
-    lines += [f"{k}: stored {w}, now {g}" for k, (w, g) in diff.items()]
+    lines += [difference(k, w, g) for k, (w, g) in diff.items()]
     lines.append("same tables" if not diff else f"{len(diff)} differ")
-    write_report("check", lines)
+    write_report("check", lines, args.note)
     print("\n".join(lines))
     return 1 if diff else 0
 
