@@ -106,3 +106,12 @@ def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool =
             **{k: best[k] for k in (model.score, *SHARES) if k in best},
             "rows": int(array.shape[0]), "features": encoder.width,
             "seconds": round(time.perf_counter() - t, 2)}
+
+
+def describe(summary: dict[str, Any]) -> str:
+    """A training summary in one line: what was trained, where, how long, which epoch
+    was kept and the shares of its check's rows that decode as valid crystals."""
+    shares = ", ".join(f"{k.replace('_', ' ')} {summary[k]:.1%}" for k in SHARES if k in summary)
+    return (f"{summary['model']}: {summary['epochs']} epochs of {summary['rows']} rows on "
+            f"{summary['device']} in {summary['seconds']:.0f} s; kept epoch "
+            f"{summary['best_epoch']}" + (f" ({shares})" if shares else ""))

@@ -112,16 +112,8 @@ def command(args: argparse.Namespace) -> int:
     summary = train_stage(Run(args.run), args.model, args.mode, args.epochs, args.name,
                           args.input, not args.fresh, args.seed, args.sites, args.check_rows,
                           **hparams_of(args))
+    from ..models.training import describe
+
     print(describe(summary))
     return 0
 
-
-def describe(summary: dict[str, Any]) -> str:
-    """A training summary in one line: what was trained, where, how long, which epoch
-    was kept and the shares of its check's rows that decode as valid crystals."""
-    from ..models.base import SHARES
-
-    shares = ", ".join(f"{k.replace('_', ' ')} {summary[k]:.1%}" for k in SHARES if k in summary)
-    return (f"{summary['model']}: {summary['epochs']} epochs of {summary['rows']} rows on "
-            f"{summary['device']} in {summary['seconds']:.0f} s; kept epoch "
-            f"{summary['best_epoch']}" + (f" ({shares})" if shares else ""))
