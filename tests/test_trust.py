@@ -89,6 +89,18 @@ def test_a_model_file_that_is_a_pickle_is_refused_not_run(trained, tmp_path, wri
     assert not marker.exists()
 
 
+def test_a_model_file_is_refused_after_mace_allows_pickles(trained, tmp_path, monkeypatch):
+    """mace-torch sets TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD when imported (in a worker that
+    ranks with MACE): our loads name weights_only themselves, so it changes nothing."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    d = _copy_model(trained[0], tmp_path / "model")
+    marker = tmp_path / "marker"
+    torch.save({"model": Touch(marker), "epoch": 0}, d / store.MODEL_BEST)
+    with pytest.raises(ValueError, match="could run code"):
+        models.load(d, torch.device("cpu"))
+    assert not marker.exists()
+
+
 def test_a_resume_checkpoint_that_is_a_pickle_is_refused_not_run(trained, tmp_path):
     run_path, table = trained
     d = _copy_model(run_path, tmp_path / "model")
