@@ -45,14 +45,44 @@ def lowest_new(con: Any, tables: set[str], model: str | None, n: int = N_PICTURE
 
 
 def picture(atoms: Atoms) -> str:
-    """A PNG of a crystal (repeated to a few unit cells, cell edges drawn), base64."""
-    from ase.io import write
+    """A PNG of a crystal, base64: repeated to a few unit cells, seen slightly from
+    the side, its bonds (the environment check's rule) as sticks, nearer atoms
+    drawn over farther ones and lighter, the repeated cell's edges dashed."""
+    import itertools
+
+    import numpy as np
+    from ase.neighborlist import neighbor_list
+    from ase.utils import rotate
+    from matplotlib.collections import LineCollection
+    from matplotlib.figure import Figure
+
+    from ..crystal.environment import BOND_FACTOR, covalent_radius
 
     reps = max(1, int((MAX_PICTURE_ATOMS / max(len(atoms), 1)) ** (1 / 3)))
-    shown = atoms.repeat(min(reps, 2)) if reps > 1 else atoms
+    shown = atoms.repeat(min(reps, 2)) if reps > 1 else atoms.copy()
+    shown.pbc = False                       # bonds inside the picture only
+    radii = [BOND_FACTOR * covalent_radius(s) for s in shown.get_chemical_symbols()]
+    i, j = neighbor_list("ij", shown, radii)
+    rot = rotate("-70x,20y,0z")
+    xyz = shown.positions @ rot.T
+    corners = np.array(list(itertools.product((0, 1), repeat=3))) @ shown.cell.array @ rot.T
+    edges = [(a, b) for a, b in itertools.combinations(range(8), 2)
+             if bin(a ^ b).count("1") == 1]
+    fig = Figure(figsize=(3, 3), dpi=120)
+    ax = fig.add_subplot()
+    ax.add_collection(LineCollection([corners[[a, b], :2] for a, b in edges],
+                                     colors="0.6", linestyles="dashed", linewidths=0.6))
+    ax.add_collection(LineCollection([xyz[[a, b], :2] for a, b in zip(i, j) if a < b],
+                                     colors="0.25", linewidths=1.2))
+    order = np.argsort(xyz[:, 2])
+    depth = np.ptp(xyz[:, 2]) or 1.0
+    shade = 0.35 + 0.45 * (xyz[order, 2] - xyz[:, 2].min()) / depth
+    ax.scatter(xyz[order, 0], xyz[order, 1], s=40 if len(shown) < 60 else 20,
+               c=[(s, s, s + 0.1) for s in shade], edgecolors="k", linewidths=0.4, zorder=3)
+    ax.set_aspect("equal")
+    ax.axis("off")
     buf = io.BytesIO()
-    write(buf, shown, format="png", rotation="10x,-10y,0z", show_unit_cell=2,
-          radii=0.35, scale=20 if len(shown) < 60 else 14)
+    fig.savefig(buf, format="png", bbox_inches="tight")
     return base64.b64encode(buf.getvalue()).decode()
 
 
