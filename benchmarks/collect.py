@@ -81,6 +81,8 @@ SECTIONS = [
     Section("conditional", "conditional: cubic rows from the two-stage model, against "
             "rejection sampling", ("conditional",)),
     Section("rank", "rank: energy models against VASP", ("rank",)),
+    Section("quickstart_rank", "quickstart_rank: the quick start's ranking, fast relaxers "
+            "against ASE's FIRE", ("quickstart_rank",)),
     Section("dedup", "dedup: incremental deduplication against StructureMatcher", ("dedup",)),
     Section("topology", "topology: dimensionality and nets, against CrystalNets", ("topology",)),
     Section("novelty", "novelty: same crystal against StructureMatcher, Table IV with SUN",
