@@ -169,7 +169,7 @@ class Run:
         return [self.part_path(table, i) for i in sorted(self.done_parts(table))]
 
     def model_dir(self, name: str) -> Path:
-        d = self.path / "models" / name
+        d = self.path / MODELS / name
         d.mkdir(parents=True, exist_ok=True)
         return d
 
@@ -179,9 +179,9 @@ class Run:
 
     @property
     def log_file(self) -> Path:
-        d = self.path / "logs"
+        d = self.path / LOGS
         d.mkdir(exist_ok=True)
-        return d / "legodask.log"
+        return d / LOG
 
     # -- state -------------------------------------------------------------
     def tables(self) -> list[str]:
@@ -194,10 +194,10 @@ class Run:
         return {int(p.stem.split("-")[1]) for p in d.glob("part-*.parquet")}
 
     def is_complete(self, table: str) -> bool:
-        return (self.table_path(table) / "_done.json").exists()
+        return (self.table_path(table) / DONE).exists()
 
     def info(self, table: str) -> dict[str, Any]:
-        f = self.table_path(table) / "_done.json"
+        f = self.table_path(table) / DONE
         return json.loads(f.read_text()) if f.exists() else {}
 
     def mark_complete(self, table: str, n_parts: int, **info: Any) -> None:
@@ -315,6 +315,19 @@ class Run:
         parts = [dask.delayed(df.iloc[i * rows_per_part:(i + 1) * rows_per_part])
                  for i in range(n)]
         return self.write(table, parts, meta)
+
+
+def table_files(path: str | os.PathLike, table: str, hint: str) -> list[Path]:
+    """The part files of ``table`` given as a run directory holding it or as the
+    table's own folder (``RUN/<table>.parquet``); none there is an error ending in
+    ``hint`` (what makes the table)."""
+    p = Path(path)
+    if p.suffix == ".parquet":
+        p, table = p.parent, p.stem
+    files = Run(p, create=False).part_files(table) if p.is_dir() else []
+    if not files:
+        raise FileNotFoundError(f"no {table} table at {path} ({hint})")
+    return files
 
 
 def fingerprint(path: Path) -> dict[str, Any]:
