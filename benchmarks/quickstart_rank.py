@@ -17,29 +17,17 @@ import json
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pandas as pd
 
 from legodask import schema as S
+from legodask.pipeline import load, stage_argv
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 RELAXERS = ("fast", "ase")
 WINDOW = 0.5           # eV/atom above graphite: "low energy", as metrics
-
-
-def rank_options(pipeline: Path) -> list[str]:
-    """The pipeline's rank options as command-line arguments."""
-    opts = tomllib.loads(pipeline.read_text())["rank"]
-    args = []
-    for key, value in opts.items():
-        if value is True:
-            args.append(f"--{key}")
-        elif value is not False:
-            args += [f"--{key}", str(value)]
-    return args
 
 
 def measure(run: Path, relaxer: str, options: list[str]) -> dict[str, object]:
@@ -87,7 +75,7 @@ def main() -> int:
     p.add_argument("--pipeline", default="pipelines/quickstart.toml")
     args = p.parse_args()
     run = (ROOT / args.run).resolve()
-    options = rank_options(ROOT / args.pipeline)
+    options = stage_argv(load(ROOT / args.pipeline)["rank"])
     results = [measure(run, r, options) for r in RELAXERS]
     out = HERE / "results"
     (out / "quickstart_rank.json").write_text(json.dumps(results, indent=1) + "\n")

@@ -60,22 +60,27 @@ def load(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]
     return spec
 
 
+def stage_argv(opts: dict[str, Any], positional: set[str] = frozenset()) -> list[str]:
+    """A pipeline entry's options as command-line words: positional arguments by
+    name first, then ``--key value`` (a list comma-separated, ``true`` a flag)."""
+    head, tail = [], []
+    for key, value in opts.items():
+        if key in positional:
+            head.append(str(value))
+        elif value is True:
+            tail.append(f"--{key}")
+        elif value is not False:
+            tail += [f"--{key}",
+                     ",".join(map(str, value)) if isinstance(value, list) else str(value)]
+    return head + tail
+
+
 def stage_args(module: Any, run_dir: str, opts: dict[str, Any]) -> argparse.Namespace:
     """Parse a stage's options exactly as its command line would."""
     parser = argparse.ArgumentParser(prog=f"legodask {module.__name__}")
     module.add_arguments(parser)
     positional = {a.dest for a in parser._actions if not a.option_strings}
-    argv = ["--run", run_dir]
-    tail = []
-    for key, value in opts.items():
-        if key in positional:
-            tail.append(str(value))
-        elif value is True:
-            argv.append(f"--{key}")
-        elif value is not False:
-            argv += [f"--{key}",
-                     ",".join(map(str, value)) if isinstance(value, list) else str(value)]
-    args = parser.parse_args(tail + argv)
+    args = parser.parse_args([*stage_argv(opts, positional), "--run", run_dir])
     args.verbose = False
     return args
 
