@@ -38,6 +38,7 @@ import pandas as pd
 from ..crystal import fingerprint as F
 from ..crystal.topology import topology_frame
 from .. import schema as S
+from .. import store
 from ..store import Run, StageResult
 from . import novelty
 from .query import sql_list
@@ -115,16 +116,10 @@ def assign(batch: pd.DataFrame, seen: pd.DataFrame, matcher: str = "env",
 # the seen set: DuckDB over Parquet
 # ---------------------------------------------------------------------------
 
-def table_files(path: str | Path, table: str = S.FINGERPRINTS) -> list[Path]:
-    """Part files of a fingerprints table given as a run directory (its ``table``)
-    or as the table's own directory (``RUN/<name>.parquet``)."""
-    p = Path(path)
-    if p.suffix == ".parquet":
-        p, table = p.parent, p.stem
-    files = Run(p, create=False).part_files(table) if p.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"no {table} table at {path} (run `legodask dedup` there)")
-    return files
+def table_files(path: str | Path) -> list[Path]:
+    """Part files of the fingerprints table of a run directory, or of a fingerprints
+    table's own folder."""
+    return store.table_files(path, S.FINGERPRINTS, "run `legodask dedup` there")
 
 
 def seen_candidates(con: Any, sources: Sequence[tuple[Sequence[Path], bool]],

@@ -30,6 +30,7 @@ import pandas as pd
 from .. import schema as S
 from ..crystal import fingerprint as F
 from ..crystal.topology import topology_frame
+from .. import store
 from ..store import Run, StageResult
 from .query import sql_list
 
@@ -104,14 +105,8 @@ def add_known(run: Run, source: str | Path, symprec: float = 1e-3,
 
 def known_files(path: str | Path) -> list[Path]:
     """Part files of the known table of a folder (a run, or ``--known DIR``)."""
-    p = Path(path)
-    if p.suffix == ".parquet":
-        p = p.parent
-    files = Run(p, create=False).part_files(S.KNOWN) if p.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"no {S.KNOWN} table at {path} "
-                                f"(make one with `legodask known add SOURCE --run {path}`)")
-    return files
+    return store.table_files(path, S.KNOWN,
+                             f"make one with `legodask known add SOURCE --run {path}`")
 
 
 def known_candidates(con: Any, files: Sequence[Path], batch: pd.DataFrame) -> pd.DataFrame:

@@ -20,12 +20,17 @@ import numpy as np
 from ase import Atoms
 
 
-def space_group(atoms: Atoms, symprec: float = 0.01) -> int:
-    """The space-group number of ``atoms`` at ``symprec`` (0 when spglib finds none)."""
+def _dataset(atoms: Atoms, symprec: float) -> Any:
+    """spglib's symmetry dataset of ``atoms`` (None when it finds none)."""
     import spglib
 
     cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    return spglib.get_symmetry_dataset(cell, symprec=symprec)
+
+
+def space_group(atoms: Atoms, symprec: float = 0.01) -> int:
+    """The space-group number of ``atoms`` at ``symprec`` (0 when spglib finds none)."""
+    dataset = _dataset(atoms, symprec)
     return 0 if dataset is None else int(dataset.number)
 
 
@@ -42,10 +47,7 @@ class SymmetryOps:
 def symmetry_ops(atoms: Atoms, symprec: float = 0.01) -> SymmetryOps:
     """The operations of ``atoms``'s space group at ``symprec`` (identity only when
     spglib finds none)."""
-    import spglib
-
-    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(), atoms.numbers)
-    dataset = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    dataset = _dataset(atoms, symprec)
     if dataset is None:
         return SymmetryOps(np.eye(3, dtype=int)[None], np.arange(len(atoms))[None], 0)
     frac = atoms.get_scaled_positions()
