@@ -1,10 +1,10 @@
 """Batched relaxation of many structures for machine-learned potentials.
 
 The structures being relaxed share one batched state (TorchSim's ``SimState``:
-positions, cells, per-structure FIRE parameters); one model call per step
-evaluates them all, and TorchSim's ``frechet_cell_fire`` (ASE's FIRE flavour, the
-Fréchet cell filter of the ``ase`` relaxer) moves them.  What TorchSim lacks is
-written here:
+positions, cells, forces); one model call per step evaluates them all, and
+BFGS with the Fréchet cell filter (``bfgs``: ASE's ``BFGS`` on the ``ase``
+relaxer's filter, each structure with its own Hessian) moves them.  What TorchSim
+lacks is written here:
 
 * symmetry kept as ``FixSymmetry`` keeps it: the model is wrapped so that its
   forces and stresses are averaged over each structure's space-group operations
@@ -29,6 +29,7 @@ from typing import Any
 
 from ase import Atoms
 
+from .bfgs import Memory, frechet_cell_bfgs
 from .relax import RelaxResult, RelaxSettings, atoms_to_text, budget, check_state
 from .symmetry import SymmetryBatch, SymmetryOps, space_group, symmetry_ops
 
@@ -74,6 +75,7 @@ class _Job:
     v0: float
     steps: int = 0
     seconds: float = 0.0
+    memory: Memory | None = None  # its optimiser's (set when it enters a batch)
     alone: bool = False       # relax it in a batch of its own (a shared call failed)
     converged: bool = False
     error: str | None = None
@@ -83,10 +85,8 @@ class _Job:
 def relax_batched(structures: Sequence[Atoms], model: Any,
                   settings: RelaxSettings = RelaxSettings()) -> list[RelaxResult]:
     """Relax ``structures`` with the TorchSim ``model`` in in-flight batches."""
-    from torch_sim.optimizers import frechet_cell_fire
-
     sym_model = symmetrized(model)
-    fire_init, fire_step = frechet_cell_fire(sym_model, max_step=settings.maxstep)
+    opt_init, opt_step = frechet_cell_bfgs(sym_model)
     jobs = []
     for a in structures:
         atoms = Atoms(a.numbers, a.positions, cell=a.cell, pbc=True)
@@ -104,7 +104,7 @@ def relax_batched(structures: Sequence[Atoms], model: Any,
         new = _admit(queue, members, jobs, limit or CPU_BATCH_ATOMS)
         if new:
             use(new)
-            fresh, limit = _enter(new, jobs, fire_init, model, limit, queue)
+            fresh, limit = _enter(new, jobs, opt_init, model, limit, queue)
             if fresh is not None:
                 state = fresh if not members else _concat(state, fresh)
                 members += new
@@ -119,7 +119,7 @@ def relax_batched(structures: Sequence[Atoms], model: Any,
         use(members)
         t0 = time.perf_counter()
         try:
-            state = fire_step(state)
+            state = opt_step(state, [jobs[k].memory for k in members])
         except Exception as exc:  # a failing model call: each again alone, then recorded
             _failed(members, jobs, queue, exc, time.perf_counter() - t0)
             members, state = [], None
@@ -146,9 +146,9 @@ def _admit(queue: list[int], members: list[int], jobs: list[_Job], limit: int) -
     return new
 
 
-def _enter(new: list[int], jobs: list[_Job], fire_init: Callable[..., Any], model: Any,
+def _enter(new: list[int], jobs: list[_Job], opt_init: Callable[..., Any], model: Any,
            limit: int | None, queue: list[int]) -> tuple[Any, int | None]:
-    """The FIRE state of the ``new`` structures (``None`` when their model call
+    """The optimiser's state of the ``new`` structures (``None`` when their model call
     failed: see ``_failed``), and the batch's atom limit (on a GPU measured the
     first time: the memory this call took per atom against the memory free)."""
     import torch
@@ -160,7 +160,7 @@ def _enter(new: list[int], jobs: list[_Job], fire_init: Callable[..., Any], mode
         if measure:
             torch.cuda.reset_peak_memory_stats(model.device)
             before = torch.cuda.memory_allocated(model.device)
-        fresh = fire_init(ts.io.atoms_to_state([jobs[k].atoms for k in new], model.device,
+        fresh = opt_init(ts.io.atoms_to_state([jobs[k].atoms for k in new], model.device,
                                                model.dtype))
         if measure:
             per_atom = ((torch.cuda.max_memory_allocated(model.device) - before)
@@ -172,6 +172,7 @@ def _enter(new: list[int], jobs: list[_Job], fire_init: Callable[..., Any], mode
         return None, limit
     for k in new:
         jobs[k].seconds += (time.perf_counter() - t0) / len(new)
+        jobs[k].memory = Memory()
     return fresh, limit
 
 

@@ -12,7 +12,8 @@ line searches, which then spend up to five force evaluations an iteration).  A
 ``fix halt`` stops the minimisation inside LAMMPS as soon as the structure meets
 the ASE path's convergence test (largest atomic force and cell force below
 ``fmax``; LAMMPS's own force tolerance would weigh the cell N times more);
-``minimize`` also stops at the step budget or ``timer timeout`` (the wall-clock
+``minimize`` also stops at the step budget (``STEP_FACTOR`` times the ASE path's)
+or ``timer timeout`` (the wall-clock
 limit, which stops it cleanly so the last geometry is kept).  A minimisation that
 ends before that test passes is restarted from where it stopped (``box/relax``
 measures the cell against its state at the start of each ``minimize``), within
@@ -45,6 +46,11 @@ CELL_PHASE = ["fix relax all box/relax tri 0.0 vmax 0.01",
 ATOMS_PHASE = ["unfix relax", "unfix halt", "min_style fire", "min_modify norm max"]
 PHASE_STEPS = 50         # iterations of one phase at most
 MAX_EVALS_PER_STEP = 3   # force evaluations per iteration (line search) at most
+# Iterations of the size-dependent budget (``relax.budget``) a structure gets here:
+# twice the ASE path's FIRE steps, because the phases restart each other (a restart
+# forgets the search directions and FIRE's speed) and an iteration costs less than
+# an ASE step; a budget given in the settings is used as it is.
+STEP_FACTOR = 2
 
 
 class LammpsRelaxer:
@@ -131,6 +137,7 @@ class LammpsRelaxer:
         s = self.settings
         n = len(atoms)
         fmax, max_steps = budget(n, s)
+        max_steps *= STEP_FACTOR if s.steps is None else 1
         start = space_group(atoms, s.symprec)
         state, steps, error = self._descend(atoms, fmax, max_steps, t0)
         for again in (True, False):

@@ -178,10 +178,10 @@ def _blowup(atoms: Atoms, v0: float, settings: RelaxSettings) -> str | None:
                        atoms.get_volume() / v0, len(atoms), settings)
 
 
-def _result(atoms: Atoms, steps: int, t0: float, error: str | None,
+def _result(atoms: Atoms, steps: int, seconds: float, error: str | None,
             converged: bool = False, symprec: float = 0.01) -> RelaxResult:
-    """The result of a relaxation that ended at ``atoms`` (with ``error``, if any)."""
-    seconds = time.monotonic() - t0
+    """The result of a relaxation that ended at ``atoms`` (with ``error``, if any)
+    after ``seconds`` of its own."""
     if error:
         return RelaxResult(steps=steps, error=error, seconds=seconds, relaxer="ase")
     return RelaxResult(energy=float(atoms.get_potential_energy() / len(atoms)), steps=steps,
@@ -220,8 +220,9 @@ def relax(atoms: Atoms, calc: Calculator, settings: RelaxSettings = RelaxSetting
             steps = opt.nsteps
             error = _blowup(atoms, v0, settings)
             if error or converged or time.monotonic() - t0 > settings.timeout:
-                return _result(atoms, steps, t0, error, converged, settings.symprec)
-        return _result(atoms, steps, t0, None, symprec=settings.symprec)
+                return _result(atoms, steps, time.monotonic() - t0, error, converged,
+                               settings.symprec)
+        return _result(atoms, steps, time.monotonic() - t0, None, symprec=settings.symprec)
     except Exception as exc:  # a back end's failure is a recorded result
         return RelaxResult(steps=steps, error=f"{type(exc).__name__}: {exc}"[:500],
                            seconds=time.monotonic() - t0, relaxer="ase")
@@ -251,11 +252,13 @@ class _Cached(Calculator):
 def relax_lockstep(structures: Sequence[Atoms], evaluate: BatchEvaluator,
                 settings: RelaxSettings = RelaxSettings()) -> list[RelaxResult]:
     """Relax ``structures`` together: each step evaluates all unfinished ones in one
-    call of ``evaluate`` (one GPU forward pass), then moves each with its own FIRE."""
+    call of ``evaluate`` (one GPU forward pass), then moves each with its own FIRE.
+    A structure's seconds are its share of each call plus its own steps."""
     from ase.optimize import FIRE
 
     t0 = time.monotonic()
     results: list[RelaxResult | None] = [None] * len(structures)
+    spent = [0.0] * len(structures)
     active = []
     for i, a in enumerate(structures):
         try:
@@ -268,24 +271,30 @@ def relax_lockstep(structures: Sequence[Atoms], evaluate: BatchEvaluator,
         opt.fmax, max_steps = budget(len(atoms), settings)
         active.append((i, atoms, opt, max_steps, atoms.get_volume()))
     while active:
+        t1 = time.monotonic()
         try:
             out = evaluate([a for _, a, *_ in active])
         except Exception as exc:
             for i, *_ in active:
                 results[i] = RelaxResult(error=f"{type(exc).__name__}: {exc}"[:500],
-                                         seconds=time.monotonic() - t0, relaxer="ase")
+                                         seconds=spent[i], relaxer="ase")
             break
+        share = (time.monotonic() - t1) / len(active)
         still = []
         for (i, atoms, opt, max_steps, v0), res in zip(active, out):
+            t1 = time.monotonic()
             atoms.calc.fill(atoms, res)
             converged = opt.gradient_converged(opt.optimizable.get_gradient())
             error = _blowup(atoms, v0, settings)
             if (error or converged or opt.nsteps >= max_steps
                     or time.monotonic() - t0 > settings.timeout):
-                results[i] = _result(atoms, opt.nsteps, t0, error, converged, settings.symprec)
+                spent[i] += share + time.monotonic() - t1
+                results[i] = _result(atoms, opt.nsteps, spent[i], error, converged,
+                                     settings.symprec)
                 continue
             opt.step()
             opt.nsteps += 1
+            spent[i] += share + time.monotonic() - t1
             still.append((i, atoms, opt, max_steps, v0))
         active = still
     return [r if r is not None else RelaxResult(error="not relaxed", relaxer="ase")
