@@ -44,6 +44,13 @@ KNOWN = "known"                         # known crystals: fingerprints and nets 
 TABLES = [INGESTED, DECODED, AUGMENTED, SAMPLES, PRERELAXED, OPTIMIZED, RANKED, RANK_UNIQUE,
           FINGERPRINTS, TRAIN_FINGERPRINTS, KNOWN]
 
+
+def rank_unique(output: str) -> str:
+    """The table ``rank --unique`` deduplicates its input into before writing table
+    ``output`` (one per output, so that ranking two tables in a run keeps both)."""
+    return RANK_UNIQUE if output == RANKED else f"{RANK_UNIQUE}_{output}"
+
+
 ID = "id"
 # Single columns that stages read by name.
 SOURCE, PARENT_ID, SPG = "source", "parent_id", "spg"

@@ -164,3 +164,24 @@ def test_training_structures_are_found_at_another_models_volume(tiny_run, sacada
     mine = D.table_files(run.path)
     assert D.overlap(train, mine) == 2                       # A and C, not B
     assert D.overlap(train, mine, scale=False) == 0          # not at equal volume
+
+
+def test_optimized_rows_are_counted_by_round(tiny_run, tmp_path):
+    """The rounds of `legodask optimize`: the rows that reached the environment in
+    each round, beside the pre-relaxation's."""
+    import shutil
+
+    from legodask.analysis.candidates import processed_lines
+
+    shutil.copytree(tiny_run.path, tmp_path / "run")
+    run = Run(tmp_path / "run")
+    opt = run.read("prerelaxed").compute()
+    opt["round"] = [0, 0, 1, 0, 2, 0, 0, 1]           # the last row reached it in round 1
+    opt["valid_env"] = [True, True, True, True, False, True, True, True]
+    opt["z_steps"] = 0
+    run.write_frame_table("optimized", opt)
+    got = M.compute_metrics(run)["processed"]["optimized"]
+    assert got["reached"] == 7 and got["by_round"] == {1: 2}
+    line = next(x for x in processed_lines({"optimized": got}) if x.startswith("optimized"))
+    assert line == ("optimized: 7 of 8 rows in the environment, 2 of them reached in "
+                    "the rounds (round 1: 2)")

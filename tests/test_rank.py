@@ -155,6 +155,13 @@ def test_unique_ranks_one_row_per_crystal(rows, tmp_path):
     assert list(ranked.index) == ["graphite", "diamond", "graphite-again"]
     assert ranked["energy_tersoff"].notna().tolist() == [True, True, False]
     assert "same crystal as graphite" in ranked.loc["graphite-again", "error_tersoff"]
+    # a second table ranked in the same run keeps its own dedup beside the first one's
+    run.write_frame_table("optimized", df.iloc[1:], rows_per_part=2)
+    other = rank_stage.rank(run, ["tersoff"], input="optimized", output="ranked_optimized",
+                            settings=FAST, only_valid_env=True, unique=True)
+    assert other.rows == 2 and run.is_complete(S.rank_unique("ranked_optimized"))
+    assert run.read(S.RANK_UNIQUE).compute()[S.ID].tolist() == ["graphite", "diamond",
+                                                                "graphite-again"]
 
 
 def test_command_line(tmp_path):

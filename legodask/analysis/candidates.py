@@ -118,6 +118,12 @@ def processed_lines(processed: dict[str, dict[str, Any]]) -> list[str]:
             reached = (f"; {e['reached']:,} reached the environment"
                        if e.get("reached") is not None else "")
             lines.append(f"{table}: {done:,} of {rows:,} rows pre-relaxed{limit}{reached}")
+        elif table == S.OPTIMIZED and e.get("reached") is not None:
+            rounds = e.get("by_round", {})
+            each = ", ".join(f"round {r}: {n:,}" for r, n in rounds.items())
+            lines.append(f"{table}: {e['reached']:,} of {rows:,} rows in the environment, "
+                         f"{sum(rounds.values()):,} of them reached in the rounds"
+                         + (f" ({each})" if each else ""))
         elif isinstance(done, dict):
             lines.append(f"{table}: {rows:,} rows; relaxed with "
                          + ", ".join(f"{m} {k:,}" for m, k in done.items()))

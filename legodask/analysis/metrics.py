@@ -20,6 +20,7 @@ from .. import schema as S
 from .. import store
 from ..store import Run
 from . import dedup as D
+from .novelty import known_files
 from .query import columns, connect, sql_list
 
 log = logging.getLogger("legodask")
@@ -48,8 +49,9 @@ def train_fingerprints(run: Run, matcher: str = "env") -> list[Path]:
 def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
                     energy_table: str = S.RANKED) -> dict[str, Any]:
     """The Table IV counts of ``run`` and notes on the ones it cannot have."""
-    con = connect(run)
     tables = set(run.tables())
+    known = run.info(S.FINGERPRINTS).get(S.KNOWN) if S.FINGERPRINTS in tables else None
+    con = connect(run, {S.KNOWN: known_files(known)} if known else None)
     out: dict[str, Any] = {c: None for c in COUNTS}
     notes: list[str] = []
 
@@ -106,12 +108,13 @@ def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
 def processed(run: Run, con: Any, tables: set[str], energy_table: str = S.RANKED
               ) -> dict[str, dict[str, Any]]:
     """Per table, its rows and how many of them its stage actually worked on:
-    pre-relaxed (with the stage's ``limit``), relaxed per energy model, fingerprinted."""
+    pre-relaxed (with the stage's ``limit``), optimised again (the rows that reached
+    the environment in each round), relaxed per energy model, fingerprinted."""
     def one(sql: str) -> int:
         return int(con.execute(sql).fetchone()[0] or 0)
 
     out: dict[str, dict[str, Any]] = {}
-    for table, what in ((S.SAMPLES, None), (S.PRERELAXED, S.LOSS),
+    for table, what in ((S.SAMPLES, None), (S.PRERELAXED, S.LOSS), (S.OPTIMIZED, S.LOSS),
                         (energy_table, None), (S.FINGERPRINTS, S.FINGERPRINT)):
         if table not in tables:
             continue
@@ -121,8 +124,12 @@ def processed(run: Run, con: Any, tables: set[str], energy_table: str = S.RANKED
             entry["processed"] = one(f'SELECT count({what}) FROM "{table}"')
         if table == S.PRERELAXED:
             entry["limit"] = run.info(table).get("limit")
-            if S.VALID_ENV in cols:
-                entry["reached"] = one(f"SELECT count(*) FROM {table} WHERE {S.VALID_ENV}")
+        if table in (S.PRERELAXED, S.OPTIMIZED) and S.VALID_ENV in cols:
+            entry["reached"] = one(f"SELECT count(*) FROM {table} WHERE {S.VALID_ENV}")
+        if table == S.OPTIMIZED and S.ROUND in cols:
+            entry["by_round"] = {int(r): int(n) for r, n in con.execute(
+                f'SELECT "{S.ROUND}", count(*) FROM {table} WHERE {S.VALID_ENV} '
+                f'AND "{S.ROUND}" > 0 GROUP BY 1 ORDER BY 1').fetchall()}
         if table == energy_table:
             entry["processed"] = {m: one(f'SELECT count("{S.ENERGY}{m}") FROM "{table}"')
                                   for m in energy_models(con, table)}
@@ -168,9 +175,7 @@ def novelty_counts(run: Run, con: Any, energy_table: str | None, models: Sequenc
         "n_3d": count("dim = 3")}
     if known is None:
         return out
-    from .novelty import known_files
-
-    nets = f"(SELECT {S.TOPOLOGY_KEY} FROM read_parquet({sql_list(known_files(known))}))"
+    nets = f"(SELECT {S.TOPOLOGY_KEY} FROM {S.KNOWN})"
     new, cubic = "NOT known", f"spg >= {CUBIC}"
     out.update(n_new=count(new), n_new_3d=count(f"{new} AND dim = 3"),
                n_new_cubic=count(f"{new} AND {cubic}"),

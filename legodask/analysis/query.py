@@ -11,7 +11,7 @@ result.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from itertools import takewhile
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,10 @@ def sql_list(files: list[Path]) -> str:
     return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
 
 
-def connect(run: Run) -> Any:
-    """An in-memory DuckDB connection with a view named after each of the run's tables,
-    that reaches nothing else: the views' partition files are the only files it may
+def connect(run: Run, extra: Mapping[str, Sequence[Path]] | None = None) -> Any:
+    """An in-memory DuckDB connection with a view named after each of the run's tables
+    (and each of ``extra``'s, over its part files: a table of another folder), that
+    reaches nothing else: the views' partition files are the only files it may
     open (no other file read or written, no extension installed or loaded, no Python
     variable scanned), and its configuration is locked so that SQL cannot undo that."""
     import duckdb
@@ -40,8 +41,9 @@ def connect(run: Run) -> Any:
     con = duckdb.connect(config={"autoinstall_known_extensions": False,
                                  "autoload_known_extensions": False})
     allowed: list[str] = []
-    for table in run.tables():
-        files = [f.resolve() for f in run.part_files(table)]
+    parts = {t: run.part_files(t) for t in run.tables()} | dict(extra or {})
+    for table, part_files in parts.items():
+        files = [f.resolve() for f in part_files]
         if files:
             con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM '
                         f"read_parquet({sql_list(files)}, union_by_name=true)")

@@ -60,10 +60,10 @@ def rank(run: Run, models: Sequence[str], input: str = S.PRERELAXED,
         kernel = functools.partial(rank_frame, **kwargs)   # its ``options`` are not map_table's
         return run.map_table(input, output, kernel, meta, desc=f"rank {','.join(models)}",
                              annotations=annotations, options=made_with, overwrite=overwrite)
-    dedup(run, input, S.RANK_UNIQUE,
+    dedup(run, input, S.rank_unique(output),
           require=[S.VALID_XTAL, *([S.VALID_ENV] if only_valid_env else [])],
           overwrite=overwrite)
-    fps = run.read(S.RANK_UNIQUE, columns=[S.ID, S.FINGERPRINT, S.FP_DATA, S.FIRST_ID])
+    fps = run.read(S.rank_unique(output), columns=[S.ID, S.FINGERPRINT, S.FP_DATA, S.FIRST_ID])
     with dask.annotate(**(annotations or {})):
         mapped = run.read(input).map_partitions(rank_unique, fps, align_dataframes=False,
                                                 meta=meta, **kwargs)
