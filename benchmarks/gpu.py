@@ -2,13 +2,17 @@
 structures per minute (issue 4: >= 1,000 per minute), sampling rows per second
 against ``ctgan``'s ``sample`` on the same GPU (issue 5: >= 10x), and the rank
 stage's batched relaxer (CHGNet) in structures per minute against CHGNet one
-structure at a time on one CPU core (issue 18: >= 10x).
+structure at a time on one CPU core (issue 18: >= 10x), and a round of the
+optimize stage (latent + direct optimisation through the two-stage model) over
+pre-relaxed rows that missed the environment (issue 17: >= 1,000 rows per minute).
 
 The device machine has PyTorch but not pyxtal, ase, dask or ctgan, and no data, so
 the inputs are made here and travel, with the wheels, in two git-ignored folders:
 
     python benchmarks/gpu.py prepare --run RUN   # here: .gpu/ (rows, models), needs
-                                                 # RUN/models/{vae,gan}-cont trained
+                                                 # RUN/models/{vae,gan,cvae}-cont trained
+                                                 # and RUN's prerelaxed_cvae table
+                                                 # (benchmarks/yield.py makes both)
     python benchmarks/gpu.py wheels              # here: .whl/ (pip download, py3.12)
     bash benchmarks/gpu.sh                       # there, from the repo root with .gpu/
                                                  # and .whl/ copied beside it
@@ -39,6 +43,8 @@ ROOT = HERE.parent
 INPUTS = ROOT / ".gpu"
 WHEELS = ROOT / ".whl"
 MODELS = ("vae-cont", "gan-cont")
+TWO_STAGE = "cvae-cont"  # the optimize check's model, and its rows' table:
+MISSED_TABLE = "prerelaxed_cvae"
 N_GENERATED = 3072       # generated-like rows relaxed on the GPU
 BATCH = 1024
 N_SAMPLE = 1_000_000
@@ -108,6 +114,12 @@ def prepare(run: Path, seed: int = 0) -> None:
         state = torch.load(src / "best.pt", map_location="cpu", weights_only=True)
         state["model"].pop("D", None)  # sampling needs the generator alone
         torch.save(state, dst / "best.pt")
+    shutil.copytree(Run(run).model_dir(TWO_STAGE), INPUTS / "run/models" / TWO_STAGE,
+                    dirs_exist_ok=True)
+    pre = Run(run).read(MISSED_TABLE).compute()
+    missed = pre[pre[S.LOSS].notna() & ~pre[S.VALID_ENV].fillna(False).astype(bool)]
+    with open(INPUTS / "optimize.pkl", "wb") as f:
+        pickle.dump(missed.reset_index(drop=True), f)
     aug = Run(run).read("augmented", columns=S.TABULAR).compute()
     table = aug.sample(n=min(N_CTGAN_FIT, len(aug)), random_state=seed)
     reference_layout(table.reset_index(drop=True)).to_parquet(INPUTS / "ctgan_rows.parquet")
@@ -226,6 +238,27 @@ def rank_check(structures: list, device: str, relaxer: str, cap_s: float) -> dic
             "wall_s_relax": wall, "per_minute": 60 * done / wall, "energies": energies}
 
 
+def optimize_check(rows: Any, model_dir: Path, cap_s: float) -> dict:
+    """One round of the optimize stage's kernel (latent steps through the CVAE, then
+    the batched direct optimisation; on the GPU when there is one) over pre-relaxed
+    rows that missed the environment, chunks of 1,024 rows until ``cap_s`` seconds:
+    rows per minute per round, and how many reached the environment."""
+    from legodask.models.optimize import optimize_frame
+
+    optimize_frame(rows.iloc[:16], str(model_dir), rounds=1, device="torch")   # warm-up
+    done, reached, wall = 0, 0, 0.0
+    for i in range(0, len(rows), 1024):
+        t0 = time.perf_counter()
+        out = optimize_frame(rows.iloc[i:i + 1024], str(model_dir), rounds=1, device="torch")
+        wall += time.perf_counter() - t0
+        done += len(out)
+        reached += int(out["valid_env"].fillna(False).astype(bool).sum())
+        if wall > cap_s:
+            break
+    return {"rows": done, "reached": reached, "wall_s_round": wall,
+            "per_minute": 60 * done / wall}
+
+
 def sample_check(run: Path, name: str, n: int, workers: int) -> dict:
     """``legodask sample`` of ``n`` rows on a LocalCluster of ``workers`` processes
     (the model on the GPU when there is one, decoding on each worker's core), and the
@@ -301,6 +334,10 @@ def run_checks(out: Path, device: str, quick: bool, ctgan_path: str | None) -> N
     step(res, "rank_chgnet_cpu_ase", rank_check, structures, "cpu", "ase", 60.0)
     step(res, "rank_chgnet_" + device, rank_check, structures, device, "batched",
          30.0 if quick else 180.0)
+    with open(INPUTS / "optimize.pkl", "rb") as f:
+        missed = pickle.load(f)[:64 if quick else None]
+    step(res, "optimize_" + device, optimize_check, missed, INPUTS / "run/models" / TWO_STAGE,
+         30.0 if quick else 120.0)
 
 
 # ---------------------------------------------------------------------------
@@ -336,6 +373,14 @@ def report(folder: Path) -> None:
     for name, v in ctgan.items():
         if isinstance(v, dict):
             lines.append(f"| {name} `sample` | {v['rows_per_s']:,.0f} | | | 1 |")
+    lines += ["", "| rank / optimize | structures or rows | converged or reached | "
+              "per minute |", "|---|---|---|---|"]
+    for key, v in data.items():
+        if key.startswith(("rank", "optimize")):
+            lines.append(f"| {key} | {v.get('structures', v.get('rows', '–'))} | "
+                         f"{v.get('converged', v.get('reached', '–'))} | "
+                         f"{v.get('per_minute', 0):,.0f} |" if "error" not in v
+                         else f"| {key} | {v['error']} | | |")
     (HERE / "results/gpu.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -7,7 +7,7 @@ earlier model succeeded).  Per model the stage writes ``energy_<m>`` (eV/atom),
 ``relax_steps_<m>``, ``relaxed_<m>`` (extended-XYZ text), ``error_<m>`` and
 ``converged_<m>`` (the forces reached ``fmax``; false where the step budget or the
 time-out ended a relaxation, which keeps its last energy), ``relaxer_<m>`` (which
-relaxer ran: ``lammps``, LAMMPS's own minimiser; ``batched``, the batched FIRE of
+relaxer ran: ``lammps``, LAMMPS's own minimiser; ``batched``, the batched BFGS of
 machine-learned potentials; ``ase``, ASE's FIRE) and ``spg_relaxed_<m>`` (the space
 group of the relaxed structure; 0 where there is none).
 Rows that are not valid crystals (or, with ``--only-valid-env``, not valid

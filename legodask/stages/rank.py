@@ -93,9 +93,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="step budget (default: by size, 250 below 100 atoms)")
     g.add_argument("--timeout", type=float, default=defaults.timeout,
                    help="wall-clock seconds per structure")
-    g.add_argument("--maxstep", type=float, default=defaults.maxstep, help="FIRE maxstep, Å")
+    g.add_argument("--maxstep", type=float, default=defaults.maxstep,
+                   help="FIRE maxstep of the ase relaxer, Å")
     g.add_argument("--relaxer", choices=("fast", "ase"), default=defaults.relaxer,
-                   help="fast: LAMMPS's own minimiser for LAMMPS models, batched FIRE for "
+                   help="fast: LAMMPS's own minimiser for LAMMPS models, batched BFGS for "
                         "MACE and CHGNet; ase: ASE's FIRE one structure at a time "
                         "(recorded per row in relaxer_<model>)")
     g.add_argument("--batch-atoms", type=int, default=defaults.batch_atoms,
