@@ -33,8 +33,10 @@ section with `.venv/bin` on the PATH. The training data is found as for the test
 which git ignores.
 
 The GPU checks (batched pre-relaxation per minute, sampling against ctgan's
-`sample` on the same GPU) are prepared as one device run (`benchmarks/gpu.py`,
-`bash benchmarks/gpu.sh`), not yet measured.
+`sample` on the same GPU, the rank stage's batched CHGNet relaxer against CHGNet
+one structure at a time on a CPU core, a round of the optimize stage) are
+prepared as one device run (`benchmarks/gpu.py`, `bash benchmarks/gpu.sh`), not
+yet measured.
 """
 
 # The v1 training set of the paper (Table I), shared by the runs below.
@@ -80,6 +82,8 @@ SECTIONS = [
              "--batch-size 100 --name vae-b100"]),
     Section("conditional", "conditional: cubic rows from the two-stage model, against "
             "rejection sampling", ("conditional",)),
+    Section("yield", "yield: what each generator gives per drawn row and per core-hour",
+            ("yield",)),
     Section("rank", "rank: energy models against VASP", ("rank",)),
     Section("quickstart_rank", "quickstart_rank: the quick start's ranking, fast relaxers "
             "against ASE's FIRE", ("quickstart_rank",)),
@@ -96,8 +100,10 @@ SECTIONS = [
              "legodask train --run runs/counts-gan --model gan --epochs 135 --name gan-long"]),
     Section("digest", "digest: the quick start's tables across a change of code", ("digest",)),
     Section("gpu", "gpu: the device checks", ("gpu",),
-            ["legodask run pipelines/quickstart.toml --run runs/quickstart",
-             "legodask train --run runs/quickstart --model gan --mode cont --epochs 60"]),
+            ["python benchmarks/yield.py --run runs/yield   # the trained models and the "
+             "rows the direct pass missed",
+             "python benchmarks/gpu.py prepare --run runs/yield && "
+             "python benchmarks/gpu.py wheels"]),
 ]
 
 HEADING = re.compile(r"^(#+) (.*)$")

@@ -257,11 +257,18 @@ def markdown(res: dict, command: str) -> str:
     lines += ["", "Structures per model: " + "; ".join(
         f"{m['model']} ({m.get('relaxer', 'ase')}): {m.get('subset')}"
         for m in res["models"]) + ".", "",
+              "Relaxers: fast is LAMMPS's own minimiser for ReaxFF (twice the ASE path's "
+              "iterations) and the batched BFGS for CHGNet and MACE (in-flight batches of up "
+              "to 2,048 atoms, each structure charged its share of each step); ase is ASE's "
+              "FIRE one structure at a time (MACE: lock-step batches of 16, each structure "
+              "charged its share of each call). MACE here is the tests' tiny model "
+              "(`--mace-model tiny`, fitted to ReaxFF on strained graphite and diamond): its "
+              "energies against VASP mean nothing, its cost per step is a MACE model's.", "",
               "Notes: the paper's numbers are for its own runs (GULP ReaxFF; MACE-MP-0 "
-              "small with D3) on pre-relaxed generated structures with 96 cores; here one "
-              "structure runs on one core of a machine with 2 shared CPU cores, relaxed from "
-              "the db's geometry (not pre-relaxed), so the speed is per core-minute, not wall "
-              "time. VASP energies above graphite use the paper's graphite, -9.355 eV/atom. "
+              "small with D3) on pre-relaxed generated structures with 96 cores; here each "
+              "worker process runs on one core of a machine with 2 shared CPU cores, relaxed "
+              "from the db's geometry (not pre-relaxed), so the speed is per core-minute, not "
+              "wall time. VASP energies above graphite use the paper's graphite, -9.355 eV/atom. "
               "To rerun from a clean checkout: `make venv`, `export "
               "LEGODASK_SACADA_DB=/path/to/sp2_sacada.db`, then the command above.", ""]
     return "\n".join(lines)
