@@ -42,11 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from legodask import schema as S  # noqa: E402
+from legodask.analysis.metrics import CUBIC  # noqa: E402  (space groups 195-230)
 from legodask.store import Run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
 GENERATORS = ("vae", "gan", "cvae")
-CUBIC_SPG = 195
 AUGMENT = ["--preset", "v1", "--tries", "4", "--max-per-subgroup", "4",
            "--max-per-structure", "24", "--check", "env"]     # the quick start's caps
 
@@ -96,7 +96,7 @@ def counts(run: Run, table: str, fingerprints: str, ranked: list[str], window: f
            "new_3d": one("SELECT count(*) FROM crystals WHERE NOT known AND dim = 3"),
            "new_layers": one("SELECT count(*) FROM crystals WHERE NOT known AND dim = 2"),
            "new_cubic": one(f"SELECT count(*) FROM crystals WHERE NOT known "
-                            f"AND spg >= {CUBIC_SPG}"),
+                            f"AND spg >= {CUBIC}"),
            "ranked": one("SELECT count(*) FROM crystals WHERE e IS NOT NULL"),
            "new_low_energy": one(f"SELECT count(*) FROM crystals WHERE NOT known "
                                  f"AND e <= {float(window)}")}
@@ -167,7 +167,7 @@ def main() -> None:
                    args.window)
         c["core_s"] = sum(log[k]["core_s"] for k in [*chain, f"dedup {key}", f"rank {key}"])
         results[key] = c
-    results["cubic"] = cubic_share(run, "samples_cubic", "samples_cvae", log)
+    results["cubic"] = cubic_share(run, "samples_cubic", log)
     out = {"n": args.n, "epochs": args.epochs, "rounds": args.rounds, "window": args.window,
            "stages": log, "generators": results,
            "command": "OMP_NUM_THREADS=1 python benchmarks/yield.py " + " ".join(sys.argv[1:])}
@@ -187,13 +187,13 @@ def changed_rows(run: Run, table: str) -> str:
     return name
 
 
-def cubic_share(run: Run, cubic: str, plain: str, log: dict) -> dict:
-    """Share of cubic rows drawn with ``--crystal-system cubic`` and its sampling cost
-    against the unconditioned draw of as many rows."""
+def cubic_share(run: Run, cubic: str, log: dict) -> dict:
+    """Share of cubic rows in table ``cubic`` (drawn with ``--crystal-system cubic``)
+    and its sampling cost against the CVAE's unconditioned draw of as many rows."""
     import pandas as pd
 
     df = pd.concat(pd.read_parquet(p, columns=[S.SPG]) for p in run.part_files(cubic))
-    return {"rows": len(df), "cubic": int((df[S.SPG] >= CUBIC_SPG).sum()),
+    return {"rows": len(df), "cubic": int((df[S.SPG] >= CUBIC).sum()),
             "cost_ratio": log["sample cubic"]["core_s"] / log["sample cvae"]["core_s"]}
 
 
@@ -217,6 +217,7 @@ def markdown(res: dict) -> str:
     best = max(gens["vae"]["distinct_new"], gens["gan"]["distinct_new"])
     st = res["stages"]
     cubic = gens["cubic"]
+    single = st["sample cvae"]["core_s"] + st["prerelax cvae"]["core_s"]
     targets = [
         ("CVAE distinct new valid environments per drawn row ≥ best one-stage model",
          f"{base['distinct_new'] / n:.3f} against {best / n:.3f}",
@@ -225,8 +226,7 @@ def markdown(res: dict) -> str:
          f"{rounds.get('solved_in_rounds', 0)} of {missed}",
          2 * rounds.get("solved_in_rounds", 0) >= missed),
         ("... at most doubling the core-seconds (rounds ≤ sample + pre-relaxation)",
-         f"{st['rounds']['core_s']:.0f} against {st['sample cvae']['core_s'] + st['prerelax cvae']['core_s']:.0f}",
-         st["rounds"]["core_s"] <= st["sample cvae"]["core_s"] + st["prerelax cvae"]["core_s"]),
+         f"{st['rounds']['core_s']:.0f} against {single:.0f}", st["rounds"]["core_s"] <= single),
         ("... and ≥ 1.2x the resample-only control",
          f"{rounds.get('solved_in_rounds', 0)} against {resample.get('solved_in_rounds', 0)}",
          rounds.get("solved_in_rounds", 0) >= 1.2 * resample.get("solved_in_rounds", 0)),

@@ -100,7 +100,7 @@ def compute_metrics(run: Run, window: float = WINDOW, matcher: str = "env",
                 WHERE f.{S.FINGERPRINT} IS NOT NULL AND r.{S.E_ABOVE}{m} <= ?""",
                                       [window]).fetchone()
             out["n_lowE_all"][m], out["n_lowE_cubic"][m] = int(all_), int(cubic)
-    out["novelty"] = novelty_counts(run, con, source if models else None, models, window,
+    out["novelty"] = novelty_counts(con, source if models else None, models, window, known,
                                     notes)
     return {**out, "window": window, "models": models, "notes": notes}
 
@@ -137,10 +137,11 @@ def processed(run: Run, con: Any, tables: set[str], energy_table: str = S.RANKED
     return out
 
 
-def novelty_counts(run: Run, con: Any, energy_table: str | None, models: Sequence[str],
-                   window: float, notes: list[str]) -> dict[str, Any]:
+def novelty_counts(con: Any, energy_table: str | None, models: Sequence[str], window: float,
+                   known: str | None, notes: list[str]) -> dict[str, Any]:
     """What the unique crystals are: counts by dimension, the most frequent nets,
-    the 3D ones, and with a known table the new ones, those with a new net and the
+    the 3D ones, and with ``known`` (the folder of the known table dedup used, a view
+    of ``con``) the new ones, those with a new net and the
     SUN counts (stable: within ``window`` of graphite; unique; new), overall, for
     3D frameworks and for cubic groups, per energy model."""
     fp_cols = columns(con, S.FINGERPRINTS)
@@ -148,7 +149,7 @@ def novelty_counts(run: Run, con: Any, energy_table: str | None, models: Sequenc
         notes.append(f"{S.FINGERPRINTS} has no net columns (made before they existed): "
                      "dimension, net and novelty counts unknown")
         return {}
-    known = run.info(S.FINGERPRINTS).get(S.KNOWN) if S.KNOWN_ID in fp_cols else None
+    known = known if S.KNOWN_ID in fp_cols else None
     if known is None:
         notes.append(f"no {S.KNOWN} table was used by dedup (`legodask known add`): "
                      "new and SUN counts unknown")

@@ -42,10 +42,11 @@ class Memory:
     cell_x: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))
 
 
-def _cell_forces(virial: np.ndarray, log_f: np.ndarray, factor: float) -> np.ndarray:
-    """The force on ``cell_factor * logm(F)``: the virial mapped by the Fréchet
-    derivative of ``expm`` at ``log_f`` (ASE's FrechetCellFilter)."""
-    f = expm(log_f)
+def _cell_forces(virial: np.ndarray, f: np.ndarray, log_f: np.ndarray, factor: float
+                 ) -> np.ndarray:
+    """The force on ``cell_factor * logm(F)`` (``f`` is F, ``log_f`` its logarithm):
+    the virial mapped by the Fréchet derivative of ``expm`` at ``log_f`` (ASE's
+    FrechetCellFilter)."""
     ucf = virial @ np.linalg.inv(f.T)
     out = np.empty(9)
     for k in range(9):
@@ -76,6 +77,7 @@ def frechet_cell_bfgs(model: Any, max_step: float = MAX_STEP, alpha: float = ALP
         system = state.system_idx.cpu().numpy()
         new_pos = np.empty_like(pos)
         new_cells = np.empty_like(ref)
+        deform = np.empty_like(ref)
         for b, mem in enumerate(memories):
             rows = system == b
             f_now = expm(mem.cell_x / factor[b])
@@ -88,7 +90,7 @@ def frechet_cell_bfgs(model: Any, max_step: float = MAX_STEP, alpha: float = ALP
                 dx *= max_step / lengths.max()
             x = x + dx
             mem.cell_x = x[-9:].reshape(3, 3)
-            f_new = expm(mem.cell_x / factor[b])
+            f_new = deform[b] = expm(mem.cell_x / factor[b])
             new_cells[b] = ref[b] @ f_new.T
             new_pos[rows] = x[:-9].reshape(-1, 3) @ f_new.T
         state.positions = torch.as_tensor(new_pos, device=dev, dtype=dtype)
@@ -98,7 +100,7 @@ def frechet_cell_bfgs(model: Any, max_step: float = MAX_STEP, alpha: float = ALP
         stress = out["stress"].detach().cpu().numpy()
         volumes = np.abs(np.linalg.det(new_cells))
         state.cell_forces = torch.as_tensor(np.stack([
-            _cell_forces(-volumes[b] * stress[b], mem.cell_x / factor[b], factor[b])
+            _cell_forces(-volumes[b] * stress[b], deform[b], mem.cell_x / factor[b], factor[b])
             for b, mem in enumerate(memories)]), device=dev, dtype=dtype)
         return state
 
