@@ -331,8 +331,10 @@ def table_files(path: str | os.PathLike, table: str, hint: str) -> list[Path]:
 
 
 def fingerprint(path: Path) -> dict[str, Any]:
-    """What tells one input from another: a file's name, size, modification time
-    and SHA-256 of its first MiB; a folder's name and the same of its file list."""
+    """What tells one input from another: a file's name, size and SHA-256 (a copy of
+    the same file is the same input); a file over ``WHOLE_HASH`` bytes by its
+    modification time and the SHA-256 of its first MiB instead, so as not to read it
+    all; a folder's name and its files' names, sizes and modification times."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
         listing = "\n".join(f"{p.relative_to(path)} {p.stat().st_size} {p.stat().st_mtime_ns}"
@@ -340,10 +342,16 @@ def fingerprint(path: Path) -> dict[str, Any]:
         return {"folder": path.name, "files": len(files),
                 "sha256": hashlib.sha256(listing.encode()).hexdigest()}
     st = path.stat()
+    if st.st_size <= WHOLE_HASH:
+        return {"file": path.name, "size": st.st_size,
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     with open(path, "rb") as f:
         head = f.read(1 << 20)
     return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "sha256_first_mib": hashlib.sha256(head).hexdigest()}
+
+
+WHOLE_HASH = 256 << 20   # bytes: files up to this size are hashed whole
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -67,3 +67,21 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path):
     b = pd.read_parquet(broken / "augmented.parquet").sort_values("id").reset_index(drop=True)
     assert b["id"].is_unique and len(b) > 6
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_a_copy_of_the_same_input_is_the_same_input(tmp_path):
+    """A copied source (new modification time, same bytes) lets a stage's finished
+    table stand; other bytes of the same size make it another input."""
+    import shutil
+
+    from legodask.store import fingerprint
+
+    src = tmp_path / "a.db"
+    src.write_bytes(b"carbon" * 100)
+    before = fingerprint(src)
+    time.sleep(0.01)
+    shutil.copy(src, tmp_path / "b.db")
+    os.replace(tmp_path / "b.db", src)
+    assert fingerprint(src) == before
+    src.write_bytes(b"Carbon" * 100)
+    assert fingerprint(src) != before
