@@ -100,6 +100,33 @@ def test_tempered_stage_one_is_more_diverse(trained: tuple[CVAE, E.Encoder, Path
     np.testing.assert_allclose(cat.probabilities(temperature=1), cat.counts / cat.counts.sum())
 
 
+def test_learned_stage_one_proposes_new_valid_combinations(
+        trained: tuple[CVAE, E.Encoder, Path]) -> None:
+    """The learned stage 1 proposes combinations the training table lacks; every row
+    drawn from it is a valid combination, within the classes asked, and every
+    proposal it made is either in its catalogue or counted by reason."""
+    model, enc, _ = trained
+    stage1 = model.stage1
+    report = stage1.report()
+    assert report["new_combinations"] > 0
+    assert report["valid"] + sum(report["rejected"].values()) == report["proposals"]
+    share = stage1.share
+    try:
+        stage1.share = 1.0
+        codes = stage1.sample(400, torch.Generator().manual_seed(1))
+        cat = model.catalogue
+        spg, wps = cat.spgs(codes), cat.wyckoff(codes)
+        assert all(C.check(int(g), w.tolist(), None, cat.max_atoms) is None
+                   for g, w in zip(spg, wps))
+        seen = {tuple(r) for r in cat.codes.tolist()}
+        assert sum(tuple(r) not in seen for r in codes.tolist()) > 0
+        cubic = enc.inverse_transform(model.sample_in(100, torch.Generator().manual_seed(2),
+                                                      Classes.of(systems=["cubic"])))
+        assert set(crystal_system(cubic[S.SPG])) == {"cubic"}
+    finally:
+        stage1.share = share
+
+
 def test_sampling_within_classes_needs_no_rejection(trained: tuple[CVAE, E.Encoder, Path],
                                                     table: pd.DataFrame) -> None:
     model, enc, _ = trained

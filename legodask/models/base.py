@@ -154,5 +154,9 @@ class TabularModel(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def notes(self) -> dict[str, Any]:
+        """What the training summary should say of the model beyond its losses."""
+        return {}
+
     def config(self) -> dict[str, Any]:
         return {"kind": self.kind, "hparams": self.hparams}

@@ -1,5 +1,7 @@
-"""A two-stage model: the discrete part of a row from a ``Catalogue`` (stage 1),
-then its continuous part from a conditional VAE given the discrete part (stage 2).
+"""A two-stage model: the discrete part of a row (stage 1) from a ``Catalogue`` of the
+training combinations and, for a share ``stage1_share`` of rows, from the valid
+proposals of a small VAE over the one-hots (``stage1``); then its continuous part
+from a conditional VAE given the discrete part (stage 2).
 
 Stage 2 is the TVAE of ``vae`` with the discrete one-hots as a condition:
 q(z | continuous, discrete) and p(continuous | z, discrete), over the features of
@@ -28,10 +30,14 @@ from .base import ChunkStream, Layout
 from .catalogue import Catalogue
 from .classes import Classes
 from .encoding import Span
+from .stage1 import DiscreteVAE, Stage1
 from .vae import DEFAULTS as VAE_DEFAULTS
 from .vae import VAE, Decoder, Encoder
 
-DEFAULTS: dict[str, Any] = {**VAE_DEFAULTS, "temperature": 1.0, "max_atoms": 2000}
+# stage 1: training combinations tempered by ``temperature``; a share ``stage1_share``
+# of rows from the learned model's valid proposals (``proposals`` draws of it)
+DEFAULTS: dict[str, Any] = {**VAE_DEFAULTS, "temperature": 1.0, "max_atoms": 2000,
+                            "stage1_share": 0.5, "proposals": 20_000}
 
 
 class CVAE(VAE):
@@ -45,6 +51,7 @@ class CVAE(VAE):
             raise ValueError("a cvae needs the encoder's \"cont\" mode and its discrete columns")
         self.discrete = discrete
         super().__init__(spans, width, device, **{**DEFAULTS, **hparams})
+        self.opt.add_param_group({"params": list(self.stage1.net.parameters())})
 
     def _build(self, hp: dict[str, Any]) -> None:
         """Networks over the continuous features given the discrete ones; stage 1."""
@@ -67,6 +74,12 @@ class CVAE(VAE):
         self.catalogue = Catalogue(self.discrete, S.SPG, [c for c in S.WP if c in self.discrete],
                                    [c for c in S.EL if c in self.discrete], hp["max_atoms"],
                                    hp["temperature"])
+        offset, blocks = 0, []
+        for s in disc:                        # the discrete spans within their block
+            blocks.append(Span(s.column, s.kind, offset, s.dim))
+            offset += s.dim
+        self.stage1 = Stage1(self.catalogue, DiscreteVAE(blocks).to(self.device),
+                             hp["stage1_share"], hp["proposals"])
 
     # -- stage 1 ---------------------------------------------------------------------
     def codes(self, x: np.ndarray) -> np.ndarray:
@@ -92,7 +105,17 @@ class CVAE(VAE):
         cont, disc = x[:, self.cont_idx], x[:, self.disc_idx]
         mu, logvar = self.enc(torch.cat([cont, disc], 1))
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-        return self._nll_kld(self.dec(torch.cat([z, disc], 1)), cont, mu, logvar)
+        recon, kld = self._nll_kld(self.dec(torch.cat([z, disc], 1)), cont, mu, logvar)
+        return recon + self.stage1.net.loss(disc), kld    # both stages learn together
+
+    def train_epoch(self, stream: ChunkStream, rng: np.random.Generator) -> dict[str, float]:
+        losses = super().train_epoch(stream, rng)
+        self.stage1.forget()
+        return losses
+
+    def notes(self) -> dict[str, Any]:
+        """Stage 1's learned proposals (valid, new, rejected by reason) when it uses them."""
+        return {"stage1": self.stage1.report()} if self.stage1.share > 0 else {}
 
     def decode_latent(self, z: torch.Tensor, disc: torch.Tensor) -> torch.Tensor:
         """Raw decoder output (n, n_cont) for latent vectors ``z`` and discrete block
@@ -113,7 +136,7 @@ class CVAE(VAE):
         """``n`` rows within ``classes`` (``None``: any): stage 1 draws the discrete
         part from the combinations in the classes, stage 2 the rest."""
         self.dec.eval()
-        disc = self.one_hot(self.catalogue.sample(n, generator, classes))
+        disc = self.one_hot(self.stage1.sample(n, generator, classes))
         z = torch.randn(n, self.hparams["embedding_dim"], generator=generator).to(self.device)
         cont = self._outputs(self.decode_latent(z, disc), generator)
         return self.features(cont, disc).cpu().numpy()
@@ -128,9 +151,12 @@ class CVAE(VAE):
         return self.sample_in(n, generator, classes)
 
     def state_dict(self, optimizer: bool = True) -> dict[str, Any]:
-        return {**super().state_dict(optimizer), "catalogue": self.catalogue.state_dict()}
+        return {**super().state_dict(optimizer), "catalogue": self.catalogue.state_dict(),
+                "stage1": self.stage1.net.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = dict(state)
         self.catalogue.load_state_dict(state.pop("catalogue"))
+        self.stage1.net.load_state_dict(state.pop("stage1"))
+        self.stage1.forget()
         super().load_state_dict(state)

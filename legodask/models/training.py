@@ -105,7 +105,7 @@ def train_model(run_path: str, name: str, kind: str, epochs: int, resume: bool =
             "best_epoch": best.get("epoch"),
             **{k: best[k] for k in (model.score, *SHARES) if k in best},
             "rows": int(array.shape[0]), "features": encoder.width,
-            "seconds": round(time.perf_counter() - t, 2)}
+            "seconds": round(time.perf_counter() - t, 2), **model.notes()}
 
 
 def describe(summary: dict[str, Any]) -> str:

@@ -84,6 +84,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=None,
                         help="cvae: its discrete combinations drawn with probability "
                         "count ** (1 / temperature) (default 1: as in the training table)")
+    parser.add_argument("--stage1-share", type=float, default=None,
+                        help="cvae: share of rows whose discrete part comes from the valid "
+                        "proposals of its learned stage 1 (default 0.5; 0: the training combinations only)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check-rows", type=int, default=1000,
@@ -99,7 +102,7 @@ def hparams_of(args: argparse.Namespace) -> dict[str, Any]:
     if args.model == "gan":
         optional.update(pac=args.pac, dropout=args.dropout)
     if args.model == "cvae":
-        optional.update(temperature=args.temperature)
+        optional.update(temperature=args.temperature, stage1_share=args.stage1_share)
     hp.update({k: v for k, v in optional.items() if v is not None})
     if args.hidden:
         keys = (("generator_dim", "discriminator_dim") if args.model == "gan"
