@@ -34,7 +34,8 @@ class LatentOptions:
     """How to move latent vectors: the step budget, step lengths (in units of the
     prior's standard deviation), Adam's decay rates and the convergence tests."""
 
-    steps: int = 50             # latent steps per row and round
+    steps: int = 50             # latent steps per row, start and round
+    starts: int = 2             # starts per row: its posterior's, then draws of the prior
     step: float = 0.1           # first step length
     max_step: float = 0.5
     min_step: float = 1e-3      # converged: the step length fell below this

@@ -1,11 +1,12 @@
 """Rounds of optimisation for the rows a pre-relaxation left short of the environment:
 the optimisation stage's kernel (``optimize_frame``).
 
-A round takes each row that still misses the environment, finds a latent vector for
-it with the two-stage model's encoder q(z | x, c) (the posterior mean in round 1, a
-draw from the posterior, seeded by the row's id and the round, after that), moves
-it down the environment loss through the frozen decoder (``latent``), and hands the
-decoded row to the pre-relaxation (``prerelax_frame``: the direct optimisation of
+A round takes each row that still misses the environment and starts latent vectors
+for it: from the two-stage model's encoder q(z | x, c) (the posterior mean in round
+1, a draw from the posterior after that) and from the prior (the control's draw of
+the round, then more; ``LatentOptions.starts`` in all, each seeded by the row's id
+and the round).  It moves them all down the environment loss through the frozen
+decoder (``latent``), keeps the lowest, and hands the decoded row to the pre-relaxation (``prerelax_frame``: the direct optimisation of
 the free variables, its rescues included).  ``resample=True`` is the control: a fresh
 latent vector from the prior each round (seeded the same way), no latent steps, the
 same direct optimisation.  The discrete part of a row is never changed, so a row
@@ -128,9 +129,8 @@ def optimize_frame(df: pd.DataFrame, model_dir: str, env: Environment | str = "g
         if resample:
             z = noise
         else:
-            start = mu if r == 1 else mu + std * noise
-            res = optimise_latent(model, encoder, codes, start, env, latent, env.params)
-            z, steps = res.z, res.steps
+            z0 = _starts(mu, std, noise, out[S.ID].iloc[todo].tolist(), r, seed, latent.starts)
+            z, steps = _best_latent(model, encoder, codes, z0, env, latent)
         starts = out.iloc[todo][list(df.columns)].reset_index(drop=True)
         decoded = decode_rows(model, encoder, codes, z)
         starts[[*S.TABULAR, *S.EL]] = decoded[[*S.TABULAR, *S.EL]].to_numpy(dtype=object)
@@ -140,6 +140,30 @@ def optimize_frame(df: pd.DataFrame, model_dir: str, env: Environment | str = "g
         new = prerelax_frame(starts, env, device, options=options)
         todo = _merge(out, todo, new, r, steps, z_seconds)
     return S.conform(out, extra).set_axis(df.index)
+
+
+def _starts(mu: torch.Tensor, std: torch.Tensor, noise: torch.Tensor, ids: list[str],
+            round_: int, seed: int, n: int) -> torch.Tensor:
+    """(n, rows, d) latent starts: the posterior's (its mean in round 1, a draw after),
+    then the control's prior draw of this round, then further prior draws."""
+    post = mu if round_ == 1 else mu + std * torch.as_tensor(
+        row_noise(ids, round_, seed + 1, mu.shape[1]), device=mu.device)
+    prior = [noise] + [torch.as_tensor(row_noise(ids, round_, seed + 1 + k, mu.shape[1]),
+                                       device=mu.device) for k in range(1, n - 1)]
+    return torch.stack([post, *prior][:n])
+
+
+def _best_latent(model: CVAE, encoder: Encoder, codes: np.ndarray, starts: torch.Tensor,
+                 env: Environment, latent: LatentOptions) -> tuple[torch.Tensor, np.ndarray]:
+    """Each row's latent vector of lowest loss after moving all its ``starts`` down
+    the environment loss (one batch), and the latent steps all its starts took."""
+    k, n, d = starts.shape
+    res = optimise_latent(model, encoder, np.concatenate([codes] * k), starts.reshape(k * n, d),
+                          env, latent, env.params)
+    loss = np.nan_to_num(res.loss.reshape(k, n), nan=np.inf)
+    best = torch.as_tensor(loss.argmin(0), device=starts.device)
+    z = res.z.reshape(k, n, d)[best, torch.arange(n, device=starts.device)]
+    return z, res.steps.reshape(k, n).sum(0)
 
 
 def _put(out: pd.DataFrame, column: str, rows: np.ndarray, values: Any) -> None:

@@ -40,19 +40,20 @@ def optimize_part(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
     return out
 
 def optimize(run: Run, model: str, rounds: int = 4, resample: bool = False,
-             z_steps: int | None = None, env: str = "graphite", device: str = "auto",
+             z_steps: int | None = None, starts: int | None = None, env: str = "graphite", device: str = "auto",
              options: Options = Options(), input: str = S.PRERELAXED,
              output: str = S.OPTIMIZED, seed: int = 0, overwrite: bool = False) -> StageResult:
     """Write table ``output``: table ``input`` with its missed rows optimised for up
-    to ``rounds`` rounds through model ``model`` (``z_steps`` latent steps a round; 0
-    with ``resample``); on a cluster with a GPU worker it runs there."""
+    to ``rounds`` rounds through model ``model`` (``z_steps`` latent steps from each of
+    ``starts`` latent starts a round; 0 with ``resample``); on a cluster with a GPU worker it runs there."""
     from .. import cluster
     from ..models.latent import LatentOptions
 
     model_dir = run.path / store.MODELS / model
     if not (model_dir / store.MODEL_BEST).exists():
         raise FileNotFoundError(f"no trained model {model!r} in {run.path} (run legodask train)")
-    latent = LatentOptions() if z_steps is None else LatentOptions(steps=z_steps)
+    given = {"steps": z_steps, "starts": starts}
+    latent = LatentOptions(**{k: v for k, v in given.items() if v is not None})
     ddf = run.read(input)
     extra = {c: str(t) for c, t in ddf.dtypes.items() if c not in S.COLUMNS}
     extra.update(S.OPTIMIZE_DTYPES)
@@ -80,6 +81,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--z-steps", type=int, default=None,
                    help="latent steps per row and round "
                         "(default: models.latent.LatentOptions.steps)")
+    p.add_argument("--starts", type=int, default=None,
+                   help="latent starts per row and round, the lowest kept: the posterior's, "
+                        "then prior draws (default: models.latent.LatentOptions.starts)")
     p.add_argument("--resample", action="store_true",
                    help="the control: a fresh latent vector each round, direct optimisation "
                         "only (the same rounds and direct steps)")
@@ -100,6 +104,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def command(args: argparse.Namespace) -> int:
     opts = Options(budget=args.budget, hops=args.hops)
     z_steps = 0 if args.resample else args.z_steps
-    print(optimize(Run(args.run), args.model, args.rounds, args.resample, z_steps, args.env,
-                   args.device, opts, args.input, args.output, args.seed, args.overwrite))
+    print(optimize(Run(args.run), args.model, args.rounds, args.resample, z_steps, args.starts,
+                   args.env, args.device, opts, args.input, args.output, args.seed,
+                   args.overwrite))
     return 0
