@@ -26,7 +26,9 @@ from legodask.crystal.topology import topology_frame
 from legodask.models import encoding as E
 from legodask.models.base import ChunkStream
 from legodask.models.latent import LatentOptions, optimise_latent
-from legodask.models.optimize import decode_rows, load_cvae, optimize_frame, row_noise
+from legodask.models.optimize import (_best_latent, decode_rows, load_cvae, optimize_frame,
+                                      row_noise)
+from legodask.models.steer import LatentObjective
 from legodask.models.training import fit
 from legodask.prerelax.batch import batch_loss, make_batch
 from legodask.prerelax.options import Options
@@ -85,6 +87,25 @@ def test_latent_steps_lower_every_row_and_keep_its_symmetry(model_dir: Path) -> 
     problems = [build_problem(r) for r in rows[touched].to_dict("records")]
     b = make_batch(problems, [p.x0 for p in problems], env, env.params)
     np.testing.assert_allclose(batch_loss(b, b.x).numpy(), res.loss[touched], rtol=1e-6)
+
+
+def test_each_row_keeps_its_best_latent_start(model_dir: Path) -> None:
+    """With several starts a row gets the latent vector of lowest loss among them:
+    never worse than from its first start alone."""
+    model, enc = load_cvae(model_dir)
+    env = get_environment("graphite")
+    codes = model.catalogue.sample(6, torch.Generator().manual_seed(5))
+    starts = torch.randn(3, 6, HP["embedding_dim"], dtype=torch.float64,
+                         generator=torch.Generator().manual_seed(8))
+    opts = LatentOptions(steps=8)
+    z, steps = _best_latent(model, enc, codes, starts, env, opts)
+    alone = optimise_latent(model, enc, codes, starts[0], env, opts)
+    obj = LatentObjective(model, enc, codes, z, env, env.params)
+    best = np.full(6, np.nan)
+    best[obj.kept] = obj(z).detach().numpy()
+    ok = np.isfinite(alone.loss)
+    assert ok.sum() >= 4 and (best[ok] <= alone.loss[ok] * (1 + 1e-9)).all()
+    assert (steps >= alone.steps).all() and steps.shape == (6,)
 
 
 def test_rounds_retry_only_the_missed_rows(model_dir: Path, table: pd.DataFrame) -> None:
