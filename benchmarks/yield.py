@@ -43,9 +43,11 @@ sys.path.insert(0, str(ROOT))
 
 from legodask import schema as S  # noqa: E402
 from legodask.analysis.metrics import CUBIC  # noqa: E402  (space groups 195-230)
+from legodask import store  # noqa: E402
 from legodask.store import Run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
+STAGES_FILE = "yield_stages.json"      # in the run folder: the stages' costs so far
 GENERATORS = ("vae", "gan", "cvae")
 AUGMENT = ["--preset", "v1", "--tries", "4", "--max-per-subgroup", "4",
            "--max-per-structure", "24", "--check", "env"]     # the quick start's caps
@@ -57,14 +59,30 @@ def cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def stage(log: dict, key: str, *args: str) -> None:
-    """Run ``legodask ARGS`` (skipping nothing: the stage itself skips finished
-    tables); add its core-seconds and wall seconds to ``log[key]``."""
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    subprocess.run([sys.executable, "-m", "legodask.cli", *args], check=True)
-    entry = log.setdefault(key, {"core_s": 0.0, "wall_s": 0.0})
-    entry["core_s"] += cpu_seconds() - c0
-    entry["wall_s"] += time.perf_counter() - t0
+class Stages:
+    """Runs ``legodask`` stages and keeps each one's core-seconds and wall seconds in
+    ``log`` (and in the run folder, so that a cut run resumed keeps them)."""
+
+    def __init__(self, run: Run):
+        self.file = run.file(STAGES_FILE)
+        self.log = json.loads(self.file.read_text()) if self.file.exists() else {}
+
+    def __call__(self, key: str, output: Path, *args: str) -> None:
+        """Run ``legodask ARGS``; store its costs as ``log[key]`` unless it wrote
+        nothing (``output``, a table or model folder, is as it was: the stage found
+        its work done), when the costs measured as it did stand."""
+        before = _stamp(output)
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        subprocess.run([sys.executable, "-m", "legodask.cli", *args], check=True)
+        cost = {"core_s": cpu_seconds() - c0, "wall_s": time.perf_counter() - t0}
+        if key not in self.log or _stamp(output) != before:
+            self.log[key] = cost
+            self.file.write_text(json.dumps(self.log, indent=1))
+
+
+def _stamp(path: Path) -> float:
+    """The latest modification time of the files under ``path`` (0: none)."""
+    return max((f.stat().st_mtime for f in path.rglob("*") if f.is_file()), default=0.0)
 
 
 def counts(run: Run, table: str, fingerprints: str, ranked: list[str], window: float) -> dict:
@@ -78,7 +96,8 @@ def counts(run: Run, table: str, fingerprints: str, ranked: list[str], window: f
         con.execute(f'CREATE VIEW "{name}" AS SELECT * FROM read_parquet({files!r}, '
                     f'union_by_name = true)')
     energies = " UNION ALL ".join(f'SELECT {S.ID}, {S.E_ABOVE}reaxff FROM "{t}" '
-                                  f'WHERE {S.E_ABOVE}reaxff IS NOT NULL' for t in ranked)
+                                  f'WHERE {S.E_ABOVE}reaxff IS NOT NULL' for t in ranked) or \
+        f"SELECT NULL::VARCHAR AS {S.ID}, NULL::DOUBLE AS {S.E_ABOVE}reaxff WHERE false"
 
     def one(sql: str) -> int:
         return int(con.execute(sql).fetchone()[0] or 0)
@@ -106,16 +125,16 @@ def counts(run: Run, table: str, fingerprints: str, ranked: list[str], window: f
     return out
 
 
-def prepare(run_dir: str, epochs: int, cluster: list[str], log: dict) -> None:
+def prepare(run: Run, epochs: int, cluster: list[str], stage: Stages) -> None:
     """Ingest, augment, encode, train the three models, add the known crystals."""
-    r = ["--run", run_dir]
-    stage(log, "ingest", "ingest", *r, *cluster)
-    stage(log, "augment", "augment", *r, *AUGMENT, *cluster)
-    stage(log, "encode", "encode", *r, "--mode", "cont")
+    r = ["--run", str(run.path)]
+    stage("ingest", run.table_path(S.INGESTED), "ingest", *r, *cluster)
+    stage("augment", run.table_path(S.AUGMENTED), "augment", *r, *AUGMENT, *cluster)
+    stage("encode", run.file(store.FEATURES), "encode", *r, "--mode", "cont")
     for g in GENERATORS:
-        stage(log, f"train {g}", "train", *r, "--model", g, "--mode", "cont",
-              "--epochs", str(epochs), *cluster)
-    stage(log, "known", "known", "add", *r, *cluster)
+        stage(f"train {g}", run.model_dir(f"{g}-cont"), "train", *r, "--model", g, "--mode",
+              "cont", "--epochs", str(epochs), *cluster)
+    stage("known", run.table_path(S.KNOWN), "known", "add", *r, *cluster)
 
 
 def main() -> None:
@@ -127,48 +146,61 @@ def main() -> None:
     ap.add_argument("--window", type=float, default=0.55, help="eV/atom above graphite")
     ap.add_argument("--workers", default="2")
     ap.add_argument("--rank-timeout", default="300", help="seconds per ReaxFF relaxation")
+    ap.add_argument("--no-rank", action="store_true",
+                    help="leave out ReaxFF ranking (and so the low-energy counts): it is "
+                         "most of the benchmark's core-hours")
+    ap.add_argument("--scheduler", help="a dask scheduler's address to run the stages on")
     args = ap.parse_args()
-    cluster = ["--workers", args.workers, "--threads", "1"]
+    cluster = (["--scheduler", args.scheduler] if args.scheduler
+               else ["--workers", args.workers, "--threads", "1"])
     r = ["--run", args.run]
-    log: dict = {}
-    prepare(args.run, args.epochs, cluster, log)
+    run = Run(args.run)
+    stage = Stages(run)
+    log = stage.log
+    prepare(run, args.epochs, cluster, stage)
     tables = {}
+    part = ["--rows-per-part", str(max(args.n // 8, 1))]
     for g in GENERATORS:
-        stage(log, f"sample {g}", "sample", *r, "--model", f"{g}-cont", "--n", str(args.n),
-              "--table", f"samples_{g}", "--min-distance", "0", "--rows-per-part",
-              str(max(args.n // 8, 1)), *cluster)
-        stage(log, f"prerelax {g}", "prerelax", *r, "--input", f"samples_{g}", "--output",
-              f"prerelaxed_{g}", "--device", "torch", *cluster)
+        stage(f"sample {g}", run.table_path(f"samples_{g}"), "sample", *r, "--model",
+              f"{g}-cont", "--n", str(args.n), "--table", f"samples_{g}", "--min-distance",
+              "0", *part, *cluster)
+        stage(f"prerelax {g}", run.table_path(f"prerelaxed_{g}"), "prerelax", *r, "--input",
+              f"samples_{g}", "--output", f"prerelaxed_{g}", "--device", "torch", *cluster)
         tables[g] = (f"prerelaxed_{g}", [f"sample {g}", f"prerelax {g}"])
     chain = tables["cvae"][1]
     for name, extra in (("rounds", []), ("resample", ["--resample"])):
-        stage(log, name, "optimize", *r, "--model", "cvae-cont", "--input", "prerelaxed_cvae",
-              "--output", f"{name}_cvae", "--rounds", str(args.rounds), "--device", "torch",
-              *extra, *cluster)
+        stage(name, run.table_path(f"{name}_cvae"), "optimize", *r, "--model", "cvae-cont",
+              "--input", "prerelaxed_cvae", "--output", f"{name}_cvae", "--rounds",
+              str(args.rounds), "--device", "torch", *extra, *cluster)
         tables[f"cvae+{name}"] = (f"{name}_cvae", [*chain, name])
-    stage(log, "sample cubic", "sample", *r, "--model", "cvae-cont", "--n", str(args.n),
-          "--table", "samples_cubic", "--crystal-system", "cubic", "--min-distance", "0",
-          "--rows-per-part", str(max(args.n // 8, 1)), *cluster)
+    stage("sample cubic", run.table_path("samples_cubic"), "sample", *r, "--model",
+          "cvae-cont", "--n", str(args.n), "--table", "samples_cubic", "--crystal-system",
+          "cubic", "--min-distance", "0", *part, *cluster)
     results = {}
-    run = Run(args.run)
     for key, (table, chain) in tables.items():
-        stage(log, f"dedup {key}", "dedup", *r, "--input", table, "--output", f"fp_{table}",
-              *cluster)
+        stage(f"dedup {key}", run.table_path(f"fp_{table}"), "dedup", *r, "--input", table,
+              "--output", f"fp_{table}", *cluster)
         ranked = [f"ranked_{tables['cvae'][0]}"] if key.startswith("cvae+") else []
+        if args.no_rank:
+            results[key] = {**counts(run, table, f"fp_{table}", [], args.window),
+                            "core_s": sum(log[k]["core_s"] for k in [*chain, f"dedup {key}"])}
+            continue
         if ranked:      # rows the rounds left as they were are ranked in the direct pass
             table_to_rank = changed_rows(run, table)
             chain = [*chain, "rank cvae"]
         else:
             table_to_rank = table
-        stage(log, f"rank {key}", "rank", *r, "--input", table_to_rank, "--output",
-              f"ranked_{table_to_rank}", "--models", "reaxff", "--only-valid-env", "--unique",
-              "--timeout", args.rank_timeout, *cluster)
+        stage(f"rank {key}", run.table_path(f"ranked_{table_to_rank}"), "rank", *r,
+              "--input", table_to_rank, "--output", f"ranked_{table_to_rank}", "--models",
+              "reaxff", "--only-valid-env", "--unique", "--timeout", args.rank_timeout,
+              *cluster)
         c = counts(run, table, f"fp_{table}", [*ranked, f"ranked_{table_to_rank}"],
                    args.window)
         c["core_s"] = sum(log[k]["core_s"] for k in [*chain, f"dedup {key}", f"rank {key}"])
         results[key] = c
     results["cubic"] = cubic_share(run, "samples_cubic", log)
-    out = {"n": args.n, "epochs": args.epochs, "rounds": args.rounds, "window": args.window,
+    out = {"n": args.n, "epochs": args.epochs, "ranked": not args.no_rank,
+           "rounds": args.rounds, "window": args.window,
            "stages": log, "generators": results,
            "command": "OMP_NUM_THREADS=1 python benchmarks/yield.py " + " ".join(sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -205,13 +237,17 @@ def markdown(res: dict) -> str:
             "| new low-energy per core-hour |")
     lines = [f"## yield: {n} drawn rows per generator, one trained run", "",
              f"Command: `{res['command']}`", "", head, "|" + "---|" * 12]
+    ranked = res.get("ranked", True)
     for k in keys:
         c = gens[k]
+        if not ranked:
+            c = {**c, "ranked": "–", "new_low_energy": "–"}
+        per_hour = (f"{3600 * c['new_low_energy'] / c['core_s']:.1f}" if ranked else "–")
         lines.append(
             f"| {k} | {c['valid_xtal']} | {c['valid_env']} | {c['distinct']} | "
             f"{c['distinct_new']} | {c['new_3d']} / {c['new_layers']} | {c['new_cubic']} | "
             f"{c['ranked']} | {c['new_low_energy']} | {c['core_s']:.0f} | "
-            f"{c['distinct_new'] / n:.3f} | {3600 * c['new_low_energy'] / c['core_s']:.1f} |")
+            f"{c['distinct_new'] / n:.3f} | {per_hour} |")
     base, rounds, resample = gens["cvae"], gens["cvae+rounds"], gens["cvae+resample"]
     missed = base["valid_xtal"] - base["valid_env"]
     best = max(gens["vae"]["distinct_new"], gens["gan"]["distinct_new"])
@@ -231,13 +267,15 @@ def markdown(res: dict) -> str:
          f"{rounds.get('solved_in_rounds', 0)} against {resample.get('solved_in_rounds', 0)}",
          rounds.get("solved_in_rounds", 0) >= 1.2 * resample.get("solved_in_rounds", 0)),
         ("distinct new low-energy per drawn row ≥ 1.5x the single pass",
-         f"{rounds['new_low_energy']} against {base['new_low_energy']}",
-         rounds["new_low_energy"] >= 1.5 * base["new_low_energy"]),
+         f"{rounds['new_low_energy']} against {base['new_low_energy']}" if ranked
+         else "not ranked (--no-rank)",
+         rounds["new_low_energy"] >= 1.5 * base["new_low_energy"] if ranked else None),
         ("--crystal-system cubic: ≥ 95 % cubic rows at ≤ 2x the sampling cost",
          f"{cubic['cubic']} of {cubic['rows']} at {cubic['cost_ratio']:.2f}x",
          cubic["cubic"] >= 0.95 * cubic["rows"] and cubic["cost_ratio"] <= 2)]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {'yes' if ok else '**no**'} |" for t, m, ok in targets]
+    verdict = {True: "yes", False: "**no**", None: "not measured"}
+    lines += [f"| {t} | {m} | {verdict[ok]} |" for t, m, ok in targets]
     train = ", ".join(f"{k[6:]} {v['core_s']:.0f}" for k, v in st.items() if k.startswith("train"))
     lines += ["", f"Training core-seconds ({res['epochs']} epochs each, not in the chains): "
               f"{train}. Stages' core-seconds: " + ", ".join(

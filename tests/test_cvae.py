@@ -201,3 +201,12 @@ def test_train_and_sample_stages(table: pd.DataFrame, tmp_path: Path) -> None:
     assert len(df) == 60 and set(crystal_system(df[S.SPG])) == {"cubic"}
     with pytest.raises(ValueError, match="crystal systems must be among"):
         sample_stage(run, "cvae-cont", 10, systems=["cubical"], table="never")
+    sample_stage(run, "cvae-cont", 40, seed=1, rows_per_part=20, table="learned",
+                 stage1_share=1.0, min_distance=0.0)   # all from the learned proposals
+    learned = run.read("learned").compute()
+    assert len(learned) == 40 and learned[S.VALID_XTAL].all()
+    combo = [S.SPG, *S.WP]
+    seen = set(table[combo].itertuples(index=False, name=None))
+    assert any(c not in seen for c in learned[combo].itertuples(index=False, name=None))
+    with pytest.raises(ValueError, match="from 0 to 1"):
+        sample_stage(run, "cvae-cont", 10, table="never", stage1_share=2.0)

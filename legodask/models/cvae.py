@@ -37,7 +37,7 @@ from .vae import VAE, Decoder, Encoder
 # stage 1: training combinations tempered by ``temperature``; a share ``stage1_share``
 # of rows from the learned model's valid proposals (``proposals`` draws of it)
 DEFAULTS: dict[str, Any] = {**VAE_DEFAULTS, "temperature": 1.0, "max_atoms": 2000,
-                            "stage1_share": 0.5, "proposals": 20_000}
+                            "stage1_share": 0.0, "proposals": 20_000}
 
 
 class CVAE(VAE):

@@ -6,8 +6,9 @@ for it: from the two-stage model's encoder q(z | x, c) (the posterior mean in ro
 1, a draw from the posterior after that) and from the prior (the control's draw of
 the round, then more; ``LatentOptions.starts`` in all, each seeded by the row's id
 and the round).  It moves them all down the environment loss through the frozen
-decoder (``latent``), keeps the lowest, and hands the decoded row to the pre-relaxation (``prerelax_frame``: the direct optimisation of
-the free variables, its rescues included).  ``resample=True`` is the control: a fresh
+decoder (``latent``), keeps the lowest, and hands the decoded row to the
+pre-relaxation (``prerelax_frame``: the direct optimisation of the free variables,
+its rescues included).  ``resample=True`` is the control: a fresh
 latent vector from the prior each round (seeded the same way), no latent steps, the
 same direct optimisation.  The discrete part of a row is never changed, so a row
 keeps its space group and Wyckoff set.

@@ -80,11 +80,16 @@ def draw(model: TabularModel, encoder: Encoder, n: int, generator: torch.Generat
 
 def sample_partition(model_dir: str, name: str, n: int, seed: int, part: int,
                      classes: Classes | None = None, batch_rows: int = 10_000,
-                     min_distance: float = 0.6) -> pd.DataFrame:
+                     min_distance: float = 0.6, stage1_share: float | None = None
+                     ) -> pd.DataFrame:
     """Partition ``part`` of a sample: ``n`` decoded rows, ids ``<name>-<part>-<i>``
-    (atoms closer than ``min_distance`` Å make a row invalid)."""
+    (atoms closer than ``min_distance`` Å make a row invalid); ``stage1_share``: a
+    two-stage model's share of rows from its learned stage 1 (``None``: its own)."""
     stamp = (Path(model_dir) / store.MODEL_BEST).stat().st_mtime
     model, encoder = _load(model_dir, stamp)
+    stage1 = getattr(model, "stage1", None)
+    if stage1 is not None:      # the model is cached: set the share every time
+        stage1.share = model.hparams["stage1_share"] if stage1_share is None else stage1_share
     generator = torch.Generator().manual_seed(part_seed(seed, part))
     frames = []
     for start in range(0, n, batch_rows):

@@ -23,12 +23,15 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
                  rows_per_part: int = 50_000, table: str = S.SAMPLES,
                  batch_rows: int = 10_000, min_distance: float = 0.6,
                  overwrite: bool = False, systems: Sequence[str] | None = None,
-                 max_atoms: int | None = None) -> StageResult:
+                 max_atoms: int | None = None, stage1_share: float | None = None
+                 ) -> StageResult:
     """Write ``n`` decoded rows of model ``model`` as table ``table``, one task per
     partition of ``rows_per_part`` rows; ``min_distance=0`` keeps crystals whose atoms
     overlap as valid (the paper's decoder checks no distances), for the pre-relaxation
     to pull apart.  Rows are restricted to space groups ``spgs``, crystal systems
-    ``systems`` and conventional cells of at most ``max_atoms`` atoms when given."""
+    ``systems`` and conventional cells of at most ``max_atoms`` atoms when given;
+    ``stage1_share``: a two-stage model's share of rows from its learned stage 1, in
+    place of the one it was trained with."""
     import dask
 
     from ..models.classes import Classes
@@ -38,6 +41,9 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
     if not (model_dir / store.MODEL_BEST).exists():
         raise FileNotFoundError(f"no trained model {model!r} in {run.path} (run legodask train)")
     classes = Classes.of(spgs, systems, max_atoms)
+    if stage1_share is not None and (read_json(model_dir / store.MODEL_CONFIG)["kind"] != "cvae"
+                                     or not 0 <= stage1_share <= 1):
+        raise ValueError("--stage1-share takes a share from 0 to 1 of a two-stage model (cvae)")
     if classes is not None:
         cfg = read_json(model_dir / store.MODEL_CONFIG)
         known = Encoder.from_dict(cfg["encoder"]).categories(S.SPG)
@@ -49,7 +55,8 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
                              f"{classes.describe()}")
     sizes = [min(rows_per_part, n - s) for s in range(0, n, rows_per_part)]
     parts = [dask.delayed(sample_partition, pure=False)(str(model_dir), model, size, seed, i,
-                                                        classes, batch_rows, min_distance)
+                                                        classes, batch_rows, min_distance,
+                                                        stage1_share)
              for i, size in enumerate(sizes)]
     info: dict[str, Any] = {"model": model, "n": n, "seed": seed,
                             "spgs": None if spgs is None else sorted(set(spgs)),
@@ -59,6 +66,8 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
         info["crystal_systems"] = sorted(set(systems))
     if max_atoms is not None:
         info["max_atoms"] = max_atoms
+    if stage1_share is not None:
+        info["stage1_share"] = stage1_share
     return run.write(table, parts, S.empty_frame(), desc=f"sample {model}",
                      overwrite=overwrite, **info)
 
@@ -81,12 +90,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-distance", type=float, default=0.6,
                         help="atoms closer than this (Å) make a row invalid; 0 keeps "
                         "overlapping crystals for the pre-relaxation, as the paper does")
+    parser.add_argument("--stage1-share", type=float, default=None,
+                        help="cvae: share of rows from its learned stage 1 (default: the "
+                        "model's own)")
     add_overwrite(parser)
 
 
 def command(args: argparse.Namespace) -> int:
     result = sample_stage(Run(args.run), args.model, args.n, args.seed, args.spg,
                           args.rows_per_part, args.table, args.batch_rows, args.min_distance,
-                          args.overwrite, args.crystal_system, args.max_atoms)
+                          args.overwrite, args.crystal_system, args.max_atoms,
+                          args.stage1_share)
     print(result)
     return 0
