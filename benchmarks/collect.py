@@ -84,6 +84,9 @@ SECTIONS = [
             "rejection sampling", ("conditional",)),
     Section("yield", "yield: what each generator gives per drawn row and per core-hour",
             ("yield",)),
+    Section("stage1", "stage1: the two-stage model's learned discrete proposals, against "
+            "the training combinations", ("stage1",),
+            ["python benchmarks/yield.py --run runs/yield --no-rank   # the trained models"]),
     Section("rank", "rank: energy models against VASP", ("rank",)),
     Section("quickstart_rank", "quickstart_rank: the quick start's ranking, fast relaxers "
             "against ASE's FIRE", ("quickstart_rank",)),
