@@ -86,7 +86,7 @@ SECTIONS = [
             ("yield",)),
     Section("stage1", "stage1: the two-stage model's learned discrete proposals, against "
             "the training combinations", ("stage1",),
-            ["python benchmarks/yield.py --run runs/yield --no-rank   # the trained models"]),
+            ["python benchmarks/yield.py --run runs/yield --n 200 --epochs 60   # its models"]),
     Section("rank", "rank: energy models against VASP", ("rank",)),
     Section("quickstart_rank", "quickstart_rank: the quick start's ranking, fast relaxers "
             "against ASE's FIRE", ("quickstart_rank",)),

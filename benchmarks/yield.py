@@ -276,6 +276,13 @@ def markdown(res: dict) -> str:
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     verdict = {True: "yes", False: "**no**", None: "not measured"}
     lines += [f"| {t} | {m} | {verdict[ok]} |" for t, m, ok in targets]
+    ranks = [k for k in st if k.startswith("rank ")]
+    if ranked and ranks:
+        per = sum(st[k]["core_s"] for k in ranks) / max(sum(
+            gens[k[5:]]["ranked"] - (gens["cvae"]["ranked"] if k[5:].startswith("cvae+") else 0)
+            for k in ranks), 1)
+        lines += ["", f"ReaxFF relaxation took {per:.0f} core-seconds per distinct crystal "
+                  "ranked: most of each chain's cost."]
     train = ", ".join(f"{k[6:]} {v['core_s']:.0f}" for k, v in st.items() if k.startswith("train"))
     lines += ["", f"Training core-seconds ({res['epochs']} epochs each, not in the chains): "
               f"{train}. Stages' core-seconds: " + ", ".join(
