@@ -17,6 +17,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
+from distributed.diagnostics.plugin import WorkerPlugin
 
 log = logging.getLogger("legodask")
 
@@ -25,6 +26,25 @@ GPU_RESOURCE = {"GPU": 1}
 # dashboard are not reachable from other machines (a login node's other users).
 LOCAL_HOST = "127.0.0.1"
 LOCAL_DASHBOARD = f"{LOCAL_HOST}:0"
+
+
+HEARTBEAT_LOST = "Failed to communicate with scheduler during heartbeat"
+
+
+class QuietClose(WorkerPlugin):
+    """Keeps a LocalCluster's workers from printing a traceback when their scheduler
+    stops answering heartbeats: when a stage ends, the scheduler we close may go
+    before a worker's last heartbeat (distributed's shutdown race), and nothing is
+    wrong.  Only that message is dropped, and only on our own LocalCluster."""
+
+    name = "legodask-quiet-close"
+
+    def setup(self, worker: Any) -> None:
+        logging.getLogger("distributed.worker").addFilter(_drop_heartbeat_lost)
+
+
+def _drop_heartbeat_lost(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(HEARTBEAT_LOST)
 
 
 def _default_workers() -> int:
@@ -95,6 +115,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
                                silence_logs=logging.ERROR,
                                dashboard_address=dashboard_address)
         client = Client(cluster)
+        client.register_plugin(QuietClose())
     if not quiet:
         print(f"dask cluster: {client.dashboard_link}", file=sys.stderr)
     try:

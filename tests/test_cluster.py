@@ -80,3 +80,19 @@ def test_slurm_job_script_asks_for_the_gpu():
     for needle in ("#SBATCH -p gpu", "#SBATCH -A matsci", "--gres=gpu:1", "--resources GPU=1",
                    "#SBATCH -t 02:00:00", "--nworkers 2"):
         assert needle in script
+
+
+def test_local_workers_drop_only_the_shutdown_heartbeat_error():
+    """A LocalCluster's workers keep quiet about the heartbeat their closing
+    scheduler no longer answers, and about nothing else."""
+    from legodask.cluster import HEARTBEAT_LOST, connect
+
+    def probe(message: str = HEARTBEAT_LOST) -> tuple[bool, bool]:
+        import logging
+
+        lg = logging.getLogger("distributed.worker")
+        rec = lambda msg: lg.makeRecord(lg.name, logging.ERROR, "w.py", 1, msg, (), None)  # noqa: E731
+        return bool(lg.filter(rec(message + "."))), bool(lg.filter(rec("Compute Failed")))
+
+    with connect(n_workers=1, quiet=True) as client:
+        assert list(client.run(probe).values()) == [(False, True)]
