@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import dask
-from distributed.diagnostics.plugin import WorkerPlugin
 
 log = logging.getLogger("legodask")
 
@@ -31,16 +30,21 @@ LOCAL_DASHBOARD = f"{LOCAL_HOST}:0"
 HEARTBEAT_LOST = "Failed to communicate with scheduler during heartbeat"
 
 
-class QuietClose(WorkerPlugin):
-    """Keeps a LocalCluster's workers from printing a traceback when their scheduler
-    stops answering heartbeats: when a stage ends, the scheduler we close may go
-    before a worker's last heartbeat (distributed's shutdown race), and nothing is
-    wrong.  Only that message is dropped, and only on our own LocalCluster."""
+def quiet_close() -> Any:
+    """A worker plugin that keeps a LocalCluster's workers from printing a traceback
+    when their scheduler stops answering heartbeats: when a stage ends, the
+    scheduler we close may go before a worker's last heartbeat (distributed's
+    shutdown race), and nothing is wrong.  Only that message is dropped.  (Made
+    here so that importing this module does not import ``distributed``.)"""
+    from distributed.diagnostics.plugin import WorkerPlugin
 
-    name = "legodask-quiet-close"
+    class QuietClose(WorkerPlugin):
+        name = "legodask-quiet-close"
 
-    def setup(self, worker: Any) -> None:
-        logging.getLogger("distributed.worker").addFilter(_drop_heartbeat_lost)
+        def setup(self, worker: Any) -> None:
+            logging.getLogger("distributed.worker").addFilter(_drop_heartbeat_lost)
+
+    return QuietClose()
 
 
 def _drop_heartbeat_lost(record: logging.LogRecord) -> bool:
@@ -115,7 +119,7 @@ def connect(scheduler: str | None = None, n_workers: int | None = None,
                                silence_logs=logging.ERROR,
                                dashboard_address=dashboard_address)
         client = Client(cluster)
-        client.register_plugin(QuietClose())
+        client.register_plugin(quiet_close())
     if not quiet:
         print(f"dask cluster: {client.dashboard_link}", file=sys.stderr)
     try:
