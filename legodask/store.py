@@ -330,6 +330,9 @@ def table_files(path: str | os.PathLike, table: str, hint: str) -> list[Path]:
     return files
 
 
+WHOLE_HASH = 256 << 20   # bytes: files up to this size are hashed whole
+
+
 def fingerprint(path: Path) -> dict[str, Any]:
     """What tells one input from another: a file's name, size and SHA-256 (a copy of
     the same file is the same input); a file over ``WHOLE_HASH`` bytes by its
@@ -349,9 +352,6 @@ def fingerprint(path: Path) -> dict[str, Any]:
         head = f.read(1 << 20)
     return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "sha256_first_mib": hashlib.sha256(head).hexdigest()}
-
-
-WHOLE_HASH = 256 << 20   # bytes: files up to this size are hashed whole
 
 
 def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -62,23 +62,15 @@ class CVAE(VAE):
             [i for s in spans for i in range(s.offset, s.offset + s.dim)], device=self.device)
         self.disc_idx, self.cont_idx = idx(disc), idx(cont)
         n_disc, n_cont = len(self.disc_idx), len(self.cont_idx)
-        offset, local = 0, []
-        for s in cont:                        # the continuous spans within their block
-            local.append(Span(s.column, s.kind, offset, s.dim))
-            offset += s.dim
         latent = hp["embedding_dim"]
         self.enc = Encoder(n_cont + n_disc, hp["compress_dims"], latent).to(self.device)
         self.dec = Decoder(latent + n_disc, hp["decompress_dims"], n_cont).to(self.device)
-        self.layout = Layout(local, self.device)
+        self.layout = Layout(_within(cont), self.device)
         self.scalars = self.layout.scalars
         self.catalogue = Catalogue(self.discrete, S.SPG, [c for c in S.WP if c in self.discrete],
                                    [c for c in S.EL if c in self.discrete], hp["max_atoms"],
                                    hp["temperature"])
-        offset, blocks = 0, []
-        for s in disc:                        # the discrete spans within their block
-            blocks.append(Span(s.column, s.kind, offset, s.dim))
-            offset += s.dim
-        self.stage1 = Stage1(self.catalogue, DiscreteVAE(blocks).to(self.device),
+        self.stage1 = Stage1(self.catalogue, DiscreteVAE(_within(disc)).to(self.device),
                              hp["stage1_share"], hp["proposals"])
 
     # -- stage 1 ---------------------------------------------------------------------
@@ -160,3 +152,12 @@ class CVAE(VAE):
         self.stage1.net.load_state_dict(state.pop("stage1"))
         self.stage1.forget()
         super().load_state_dict(state)
+
+
+def _within(spans: Sequence[Span]) -> list[Span]:
+    """``spans`` with offsets within the block they make when taken together."""
+    out, offset = [], 0
+    for s in spans:
+        out.append(Span(s.column, s.kind, offset, s.dim))
+        offset += s.dim
+    return out

@@ -147,11 +147,11 @@ def _starts(mu: torch.Tensor, std: torch.Tensor, noise: torch.Tensor, ids: list[
             round_: int, seed: int, n: int) -> torch.Tensor:
     """(n, rows, d) latent starts: the posterior's (its mean in round 1, a draw after),
     then the control's prior draw of this round, then further prior draws."""
-    post = mu if round_ == 1 else mu + std * torch.as_tensor(
-        row_noise(ids, round_, seed + 1, mu.shape[1]), device=mu.device)
-    prior = [noise] + [torch.as_tensor(row_noise(ids, round_, seed + 1 + k, mu.shape[1]),
-                                       device=mu.device) for k in range(1, n - 1)]
-    return torch.stack([post, *prior][:n])
+    def draw(stream: int) -> torch.Tensor:
+        return torch.as_tensor(row_noise(ids, round_, stream, mu.shape[1]), device=mu.device)
+
+    post = mu if round_ == 1 else mu + std * draw(seed + 1)
+    return torch.stack([post, noise, *(draw(seed + k) for k in range(2, n))][:n])
 
 
 def _best_latent(model: CVAE, encoder: Encoder, codes: np.ndarray, starts: torch.Tensor,

@@ -40,12 +40,14 @@ def optimize_part(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
     return out
 
 def optimize(run: Run, model: str, rounds: int = 4, resample: bool = False,
-             z_steps: int | None = None, starts: int | None = None, env: str = "graphite", device: str = "auto",
+             z_steps: int | None = None, starts: int | None = None, env: str = "graphite",
+             device: str = "auto",
              options: Options = Options(), input: str = S.PRERELAXED,
              output: str = S.OPTIMIZED, seed: int = 0, overwrite: bool = False) -> StageResult:
     """Write table ``output``: table ``input`` with its missed rows optimised for up
     to ``rounds`` rounds through model ``model`` (``z_steps`` latent steps from each of
-    ``starts`` latent starts a round; 0 with ``resample``); on a cluster with a GPU worker it runs there."""
+    ``starts`` latent starts a round; 0 with ``resample``); on a cluster with a GPU
+    worker it runs there."""
     from .. import cluster
     from ..models.latent import LatentOptions
 

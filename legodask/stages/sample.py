@@ -41,11 +41,10 @@ def sample_stage(run: Run, model: str, n: int, seed: int = 0, spgs: Sequence[int
     if not (model_dir / store.MODEL_BEST).exists():
         raise FileNotFoundError(f"no trained model {model!r} in {run.path} (run legodask train)")
     classes = Classes.of(spgs, systems, max_atoms)
-    if stage1_share is not None and (read_json(model_dir / store.MODEL_CONFIG)["kind"] != "cvae"
-                                     or not 0 <= stage1_share <= 1):
+    cfg = read_json(model_dir / store.MODEL_CONFIG)
+    if stage1_share is not None and (cfg["kind"] != "cvae" or not 0 <= stage1_share <= 1):
         raise ValueError("--stage1-share takes a share from 0 to 1 of a two-stage model (cvae)")
     if classes is not None:
-        cfg = read_json(model_dir / store.MODEL_CONFIG)
         known = Encoder.from_dict(cfg["encoder"]).categories(S.SPG)
         missing = sorted(set(spgs or ()) - set(known))
         if missing:

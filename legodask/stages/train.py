@@ -86,7 +86,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "count ** (1 / temperature) (default 1: as in the training table)")
     parser.add_argument("--stage1-share", type=float, default=None,
                         help="cvae: share of rows whose discrete part comes from the valid "
-                        "proposals of its learned stage 1 (default 0: the training combinations only)")
+                        "proposals of its learned stage 1 (default 0: the training "
+                        "combinations only)")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check-rows", type=int, default=1000,
