@@ -14,7 +14,7 @@ import shutil
 
 from ase.calculators.calculator import Calculator
 
-from . import EnergyModel, ModelUnavailable, register
+from .model import EnergyModel, ModelUnavailable, register
 
 
 def make_gulp_calculator(library: str, keywords: str) -> Calculator:

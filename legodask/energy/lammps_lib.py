@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from . import ModelUnavailable
+from .model import ModelUnavailable
 
 MPI_LIBRARY = "libmpi.so.12"
 

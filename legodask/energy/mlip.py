@@ -25,7 +25,7 @@ from typing import Any
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from . import BatchEvaluator, EnergyModel, ModelUnavailable, register
+from .model import BatchEvaluator, EnergyModel, ModelUnavailable, register
 
 MACE_MODEL_ENV = "LEGODASK_MACE_MODEL"
 

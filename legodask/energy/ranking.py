@@ -30,7 +30,7 @@ from ase import Atoms
 
 from .. import schema as S
 from ..crystal.convert import row_to_atoms
-from . import ModelUnavailable, get_model
+from .model import ModelUnavailable, get_model
 from .relax import RelaxResult, RelaxSettings, graphite, text_to_atoms
 from .runner import relax_many
 

@@ -27,7 +27,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.geometry import cellpar_to_cell
 
-from . import BatchEvaluator
+from .model import BatchEvaluator
 from .symmetry import space_group
 
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from ase import Atoms
 
-from . import EnergyModel
+from .model import EnergyModel
 from .isolate import IsolatedRelaxer
 from .relax import RelaxResult, RelaxSettings, relax, relax_lockstep
 
