@@ -337,20 +337,25 @@ def fingerprint(path: Path) -> dict[str, Any]:
     """What tells one input from another: a file's name, size and SHA-256 (a copy of
     the same file is the same input); a file over ``WHOLE_HASH`` bytes by its
     modification time and the SHA-256 of its first MiB instead, so as not to read it
-    all; a folder's name and its files' names, sizes and modification times."""
+    all; a folder's name and the SHA-256 of its files' paths and fingerprints."""
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file())
-        listing = "\n".join(f"{p.relative_to(path)} {p.stat().st_size} {p.stat().st_mtime_ns}"
-                            for p in files)
+        listing = json.dumps([[str(p.relative_to(path)), _file_fingerprint(p)] for p in files],
+                             sort_keys=True)
         return {"folder": path.name, "files": len(files),
                 "sha256": hashlib.sha256(listing.encode()).hexdigest()}
+    return {"file": path.name, **_file_fingerprint(path)}
+
+
+def _file_fingerprint(path: Path) -> dict[str, Any]:
+    """A file's size and SHA-256 (of its first MiB, and its modification time, when
+    it is over ``WHOLE_HASH`` bytes)."""
     st = path.stat()
     if st.st_size <= WHOLE_HASH:
-        return {"file": path.name, "size": st.st_size,
-                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+        return {"size": st.st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     with open(path, "rb") as f:
         head = f.read(1 << 20)
-    return {"file": path.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
             "sha256_first_mib": hashlib.sha256(head).hexdigest()}
 
 

@@ -85,3 +85,22 @@ def test_a_copy_of_the_same_input_is_the_same_input(tmp_path):
     assert fingerprint(src) == before
     src.write_bytes(b"Carbon" * 100)
     assert fingerprint(src) != before
+
+
+def test_a_copied_folder_is_the_same_input(tmp_path):
+    """A folder source (CIF files, say) copied elsewhere under the same name, with new
+    modification times, is the same input; one file's bytes changed make it another."""
+    import shutil
+
+    from legodask.store import fingerprint
+
+    src = tmp_path / "a" / "cifs"
+    (src / "sub").mkdir(parents=True)
+    (src / "x.cif").write_text("data_x\n")
+    (src / "sub" / "y.cif").write_text("data_y\n")
+    before = fingerprint(src)
+    time.sleep(0.01)
+    copy = shutil.copytree(src, tmp_path / "b" / "cifs", copy_function=shutil.copy)
+    assert fingerprint(copy) == before
+    (copy / "sub" / "y.cif").write_text("data_Y\n")
+    assert fingerprint(copy) != before
