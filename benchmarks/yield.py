@@ -12,7 +12,8 @@ pre-relaxed towards graphite (the batched path with its rescues: one direct pass
 The CVAE's rows that missed the environment then get ``--rounds`` more rounds of
 latent + direct optimisation (``legodask optimize``), and, as the control, the
 same rounds with a fresh latent vector each round and direct optimisation only
-(``--resample``).  Each of the five tables is deduplicated against the known
+(``--resample``); the control again with ``--long-rounds`` rounds (not ranked)
+shows how many of the missed rows fresh starts reach at all.  Each of the five tables is deduplicated against the known
 crystals (the training set: ``legodask known add``) and its distinct
 valid-environment crystals are relaxed by ReaxFF (``rank --unique``; after the
 rounds only the rows they changed, the others keep the direct pass's energies).
@@ -120,9 +121,17 @@ def counts(run: Run, table: str, fingerprints: str, ranked: list[str], window: f
            "new_low_energy": one(f"SELECT count(*) FROM crystals WHERE NOT known "
                                  f"AND e <= {float(window)}")}
     if S.ROUND in [c[0] for c in con.execute(f'DESCRIBE "{table}"').fetchall()]:
-        out["solved_in_rounds"] = one(f'SELECT count(*) FROM "{table}" '
-                                      f'WHERE {S.VALID_ENV} AND "{S.ROUND}" > 0')
+        out["solved_in_rounds"] = solved_in_rounds(run, table)
     return out
+
+
+def solved_in_rounds(run: Run, table: str) -> int:
+    """Rows of optimised ``table`` that a round brought to the environment."""
+    import pandas as pd
+
+    df = pd.concat(pd.read_parquet(p, columns=[S.VALID_ENV, S.ROUND])
+                   for p in run.part_files(table))
+    return int((df[S.VALID_ENV].fillna(False).astype(bool) & (df[S.ROUND] > 0)).sum())
 
 
 def prepare(run: Run, epochs: int, cluster: list[str], stage: Stages) -> None:
@@ -143,6 +152,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="rows drawn per generator")
     ap.add_argument("--epochs", type=int, default=150, help="training epochs of each model")
     ap.add_argument("--rounds", type=int, default=3, help="rounds after the direct pass")
+    ap.add_argument("--long-rounds", type=int, default=10,
+                    help="rounds of the long control (0: none)")
     ap.add_argument("--window", type=float, default=0.55, help="eV/atom above graphite")
     ap.add_argument("--workers", default="2")
     ap.add_argument("--rank-timeout", default="300", help="seconds per ReaxFF relaxation")
@@ -173,6 +184,13 @@ def main() -> None:
               "--input", "prerelaxed_cvae", "--output", f"{name}_cvae", "--rounds",
               str(args.rounds), "--device", "torch", *extra, *cluster)
         tables[f"cvae+{name}"] = (f"{name}_cvae", [*chain, name])
+    long = {}
+    if args.long_rounds:
+        stage("resample long", run.table_path("resample_long_cvae"), "optimize", *r, "--model",
+              "cvae-cont", "--input", "prerelaxed_cvae", "--output", "resample_long_cvae",
+              "--rounds", str(args.long_rounds), "--device", "torch", "--resample", *cluster)
+        long = {"rounds": args.long_rounds, "solved_in_rounds": solved_in_rounds(
+            run, "resample_long_cvae"), "core_s": log["resample long"]["core_s"]}
     stage("sample cubic", run.table_path("samples_cubic"), "sample", *r, "--model",
           "cvae-cont", "--n", str(args.n), "--table", "samples_cubic", "--crystal-system",
           "cubic", "--min-distance", "0", *part, *cluster)
@@ -200,7 +218,7 @@ def main() -> None:
         results[key] = c
     results["cubic"] = cubic_share(run, "samples_cubic", log)
     out = {"n": args.n, "epochs": args.epochs, "ranked": not args.no_rank,
-           "rounds": args.rounds, "window": args.window,
+           "rounds": args.rounds, "window": args.window, "long_control": long,
            "stages": log, "generators": results,
            "command": "OMP_NUM_THREADS=1 python benchmarks/yield.py " + " ".join(sys.argv[1:])}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -276,6 +294,8 @@ def markdown(res: dict) -> str:
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     verdict = {True: "yes", False: "**no**", None: "not measured"}
     lines += [f"| {t} | {m} | {verdict[ok]} |" for t, m, ok in targets]
+    for line in ceilings(res, missed):
+        lines += ["", line]
     ranks = [k for k in st if k.startswith("rank ")]
     if ranked and ranks:
         per = sum(st[k]["core_s"] for k in ranks) / max(sum(
@@ -289,6 +309,27 @@ def markdown(res: dict) -> str:
                   f"{k} {v['core_s']:.0f}" for k, v in st.items() if not k.startswith("train"))
               + ".", ""]
     return "\n".join(lines)
+
+
+def ceilings(res: dict, missed: int) -> list[str]:
+    """What bounds the rounds' targets: how many missed rows fresh starts reach in
+    many rounds, and the low-energy count if every missed row were solved at the
+    single pass's rate of new low-energy crystals per valid environment."""
+    gens, out = res["generators"], []
+    long, control = res.get("long_control"), gens["cvae+resample"].get("solved_in_rounds", 0)
+    if long:
+        out.append(f"The resample-only control given {long['rounds']} rounds "
+                   f"({long['core_s']:.0f} core-s) solves {long['solved_in_rounds']} of the "
+                   f"{missed} missed rows; 1.2x its {res['rounds']}-round count is "
+                   f"{1.2 * control:.0f}.")
+    base = gens["cvae"]
+    if res.get("ranked", True) and base["valid_env"]:
+        rate = base["new_low_energy"] / base["valid_env"]
+        out.append(f"The single pass found {base['new_low_energy']} new low-energy crystals in "
+                   f"{base['valid_env']} valid environments; solving all {missed} missed rows "
+                   f"at that rate would give {base['new_low_energy'] + rate * missed:.1f}, "
+                   f"against 1.5x = {1.5 * base['new_low_energy']:.1f}.")
+    return out
 
 
 if __name__ == "__main__":

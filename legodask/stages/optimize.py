@@ -21,6 +21,10 @@ from .. import store
 from ..prerelax.options import Options
 from ..store import Run, StageResult, fingerprint
 
+# A round's direct optimisation: the pre-relaxation's, without its basin hops (a
+# round's fresh start is the restart; hops in every round would repeat the work).
+ROUND_OPTIONS = Options(hops=0)
+
 
 def optimize_part(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
     """The stage's kernel: ``optimize_frame``, then the topology of the rows it changed."""
@@ -42,7 +46,7 @@ def optimize_part(df: pd.DataFrame, **kwargs: Any) -> pd.DataFrame:
 def optimize(run: Run, model: str, rounds: int = 4, resample: bool = False,
              z_steps: int | None = None, starts: int | None = None, env: str = "graphite",
              device: str = "auto",
-             options: Options = Options(), input: str = S.PRERELAXED,
+             options: Options = ROUND_OPTIONS, input: str = S.PRERELAXED,
              output: str = S.OPTIMIZED, seed: int = 0, overwrite: bool = False) -> StageResult:
     """Write table ``output``: table ``input`` with its missed rows optimised for up
     to ``rounds`` rounds through model ``model`` (``z_steps`` latent steps from each of
@@ -97,8 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "as prerelax --device")
     p.add_argument("--budget", type=float, default=Options.budget,
                    help="seconds per structure and round of direct optimisation")
-    p.add_argument("--hops", type=int, default=Options.hops,
-                   help="basin-hopping restarts of the direct optimisation")
+    p.add_argument("--hops", type=int, default=ROUND_OPTIONS.hops,
+                   help="basin-hopping restarts of each round's direct optimisation")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent draws")
     add_overwrite(p)
 
