@@ -244,12 +244,17 @@ def optimize_check(rows: Any, model_dir: Path, cap_s: float) -> dict:
     rows that missed the environment, chunks of 1,024 rows until ``cap_s`` seconds:
     rows per minute per round, and how many reached the environment."""
     from legodask.models.optimize import optimize_frame
+    from legodask.stages.optimize import ROUND_OPTIONS
 
-    optimize_frame(rows.iloc[:16], str(model_dir), rounds=1, device="torch")   # warm-up
+    def one_round(part: Any) -> Any:
+        return optimize_frame(part, str(model_dir), rounds=1, device="torch",
+                              options=ROUND_OPTIONS)
+
+    one_round(rows.iloc[:16])   # warm-up
     done, reached, wall = 0, 0, 0.0
     for i in range(0, len(rows), 1024):
         t0 = time.perf_counter()
-        out = optimize_frame(rows.iloc[i:i + 1024], str(model_dir), rounds=1, device="torch")
+        out = one_round(rows.iloc[i:i + 1024])
         wall += time.perf_counter() - t0
         done += len(out)
         reached += int(out["valid_env"].fillna(False).astype(bool).sum())
