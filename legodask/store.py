@@ -289,7 +289,8 @@ class Run:
         from .cluster import compute
 
         rows = compute(tasks, desc=desc or table)
-        self.mark_complete(table, len(parts), **info)
+        if todo or not self.is_complete(table):   # a finished table is left as it is
+            self.mark_complete(table, len(parts), **info)
         result = StageResult(table, len(todo), len(done), int(sum(rows)))
         log.debug("%s", result)
         return result

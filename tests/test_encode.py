@@ -124,8 +124,8 @@ def test_inverse_transform_of_a_million_rows_is_fast(table: pd.DataFrame,
 def test_encode_stage_writes_chunked_zarr(table: pd.DataFrame, tmp_path: Path) -> None:
     run = Run(tmp_path / "run")
     bad = table.iloc[:2].assign(valid_xtal=False, id=["bad-0", "bad-1"])
-    run.write_frame_table("augmented", pd.concat([table, bad], ignore_index=True),
-                          meta=S.empty_frame(), rows_per_part=7)
+    rows = pd.concat([table, bad], ignore_index=True)
+    run.write_frame_table("augmented", rows, meta=S.empty_frame(), rows_per_part=7)
     enc = E.write_features(run, "cont", chunk_rows=8)
     arr, enc2 = E.open_features(run)
     assert arr.shape == (len(table), enc.width)
@@ -133,6 +133,12 @@ def test_encode_stage_writes_chunked_zarr(table: pd.DataFrame, tmp_path: Path) -
     assert enc2.to_dict() == enc.to_dict()
     back = enc2.inverse_transform(arr[:])
     _assert_same(to_generators(table).reset_index(drop=True), back, atol=1e-5)
+    # features of the same table and options are kept as they are, and so is a
+    # finished table written again
+    stamps = {f: f.stat().st_mtime_ns for f in run.path.rglob("*") if f.is_file()}
+    assert E.write_features(run, "cont", chunk_rows=8).to_dict() == enc.to_dict()
+    run.write_frame_table("augmented", rows, meta=S.empty_frame(), rows_per_part=7)
+    assert {f: f.stat().st_mtime_ns for f in run.path.rglob("*") if f.is_file()} == stamps
     # the command line re-encodes in the other mode
     assert cli.main(["encode", "--run", str(run.path), "--mode", "dis"]) == 0
     arr, enc3 = E.open_features(run)

@@ -96,6 +96,11 @@ def test_training_logs_keeps_best_and_resumes_exactly(on_grid: pd.DataFrame,
     assert best == int(np.argmin([h["loss"] for h in resumed]))
     loaded, loaded_enc = models.load(d)
     assert loaded_enc.to_dict() == enc.to_dict()
+    # a rerun with its epochs done trains nothing and rewrites no file
+    stamps = {f.name: f.stat().st_mtime_ns for f in d.iterdir()}
+    _, _, again = _train("vae", on_grid, 6, d)
+    assert again == resumed
+    assert {f.name: f.stat().st_mtime_ns for f in d.iterdir()} == stamps
 
 
 def test_gan_keeps_the_epoch_with_most_valid_crystals(on_grid: pd.DataFrame,

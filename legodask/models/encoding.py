@@ -367,9 +367,19 @@ def write_features(run: Run, mode: str, input: str = S.AUGMENTED, chunk_rows: in
                  sites: str = "generator") -> Encoder:
     """Fit the encoder on table ``input`` and write its encoded valid rows as the
     run's features, ``store.FEATURES`` (rows chunked by ``chunk_rows``; the encoder,
-    mode and source table in the array's attributes)."""
+    mode, source table and what they are made from in the array's attributes).
+    Features already made from the same table with the same options are kept."""
     import zarr
 
+    made = run.made_from(input, mode=mode, chunk_rows=chunk_rows, max_modes=max_modes,
+                         fit_rows=fit_rows, seed=seed, sites=sites)
+    out = run.file(FEATURES)
+    if out.exists():
+        arr = zarr.open_array(str(out), mode="r")
+        if arr.attrs.get("made_from") == made:
+            log.info("%s already holds the features of %s (%s mode, sites %s)", out, input,
+                     mode, sites)
+            return Encoder.from_dict(arr.attrs["encoder"])
     ddf = run.read(input).map_partitions(valid_rows)
     enc = fit(ddf, mode, max_modes=max_modes, fit_rows=fit_rows, seed=seed, sites=sites)
     parts = ddf.to_delayed()
@@ -379,11 +389,10 @@ def write_features(run: Run, mode: str, input: str = S.AUGMENTED, chunk_rows: in
     if not blocks:
         raise ValueError(f"table {input!r} has no valid rows to encode")
     x = da.concatenate(blocks).rechunk((chunk_rows, enc.width))
-    out = run.file(FEATURES)
     with atomic_path(out) as tmp:
         da.to_zarr(x, str(tmp))
         arr = zarr.open_array(str(tmp), mode="r+")
-        arr.attrs.update({"encoder": enc.to_dict(), "source": input})
+        arr.attrs.update({"encoder": enc.to_dict(), "source": input, "made_from": made})
     log.info("encoded %d rows of %s into %s (%s mode, sites %s, %d features)", x.shape[0],
              input, out, mode, sites, enc.width)
     return enc

@@ -50,7 +50,8 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
     same = config_file.exists() and checkpoint.read_json(config_file) == config
     if resume and (out / store.MODEL_LAST).exists() and not same:
         log.warning("%s holds a model of another configuration: training anew", out)
-    checkpoint.save_json(config, config_file)
+    if not same:
+        checkpoint.save_json(config, config_file)
     history: list[dict[str, float]] = []
     if resume and same and (out / store.MODEL_LAST).exists():
         ckpt = checkpoint.load(out / store.MODEL_LAST, model.device)
@@ -64,7 +65,8 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         model.prepare(stream)
-    for epoch in range(len(history), epochs):
+    start = len(history)
+    for epoch in range(start, epochs):
         t = time.perf_counter()
         losses = {k: float(v) for k, v in model.train_epoch(stream, rng).items()}
         losses["seconds"] = time.perf_counter() - t  # the training alone, not the check
@@ -80,7 +82,8 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
                         out / store.MODEL_LAST)
         checkpoint.save_json(history, out / store.MODEL_LOSSES)
         log.debug("epoch %d: %s", epoch, losses)
-    plot_losses(history, out / store.MODEL_PLOT, model.kind)
+    if len(history) > start or not (out / store.MODEL_PLOT).exists():
+        plot_losses(history, out / store.MODEL_PLOT, model.kind)
     return history
 
 
