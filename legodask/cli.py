@@ -90,7 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     stage = STAGES[args.command]
     try:
         run = getattr(args, "run", None) if stage.access != "read" else None
-        setup_logging(args.verbose, run, create=stage.access == "write")
+        # only a stage that reads nothing from a run may make it (ingest, known, decode)
+        setup_logging(args.verbose, run, create=stage.access == "write" and not stage.reads)
         module = stage.load()
         if not stage.cluster:
             return int(module.command(args) or 0)

@@ -300,9 +300,17 @@ def test_a_missing_input_file_is_named_with_what_to_check(tmp_path):
                                     "(check the path)"
 
 
-# -- 11. commands that read do not make a run of a typo -----------------------------
+# -- 11. commands that read a run do not make a run of a typo -----------------------
 
 @pytest.mark.parametrize("argv", [
+    ["augment", "--run", "{run}"],
+    ["encode", "--run", "{run}"],
+    ["train", "--run", "{run}", "--model", "vae"],
+    ["sample", "--run", "{run}", "--model", "vae-cont"],
+    ["prerelax", "--run", "{run}"],
+    ["optimize", "--run", "{run}"],
+    ["rank", "--run", "{run}"],
+    ["dedup", "--run", "{run}"],
     ["status", "--run", "{run}"],
     ["query", "{run}", "select 1"],
     ["export", "--run", "{run}", "--table", "samples", "--out", "{out}"],

@@ -31,8 +31,8 @@ class Stage:
     cluster: bool = False       # runs inside a Dask cluster (LocalCluster by default)
     gpu: bool = False           # goes to a GPU worker when the cluster has one
     pipeline: bool = False      # a step of ``legodask run``
-    # "write": makes the run and logs into it; "report": reads a run that must exist
-    # and logs into it; "read": reads a run that must exist and writes nothing there
+    # "write": logs into the run, making it when the stage reads nothing from it;
+    # "report": reads a run that must exist and logs into it; "read": reads a run that must exist and writes nothing there
     # (works on a run that is not the user's to write).
     access: str = "write"
 
