@@ -80,6 +80,11 @@ def message(exc: BaseException) -> str:
                                                else None)
     if isinstance(exc, FileNotFoundError) and path:
         return f"no such file or directory: {path} (check the path)"
+    if type(exc).__name__ == "KilledWorker":   # distributed's: a task's workers all died
+        return ("a task's worker process died every time it ran the task, most often out of "
+                "memory: give workers more (--memory-limit, or fewer --workers) or make "
+                "partitions smaller, then run the command again (finished partitions are "
+                "kept)")
     return "; ".join(ln.strip() for ln in text.splitlines() if ln.strip()) or type(exc).__name__
 
 

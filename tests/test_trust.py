@@ -300,6 +300,18 @@ def test_a_missing_input_file_is_named_with_what_to_check(tmp_path):
                                     "(check the path)"
 
 
+def test_a_worker_that_keeps_dying_is_one_line_that_says_what_to_do():
+    """distributed's KilledWorker (a task whose worker died at every try, as when it
+    runs out of memory) becomes a line naming the likely cause and the remedy."""
+    from types import SimpleNamespace
+
+    from distributed import KilledWorker
+
+    worker = SimpleNamespace(address="tcp://127.0.0.1:1")    # the scheduler's WorkerState
+    text = message(KilledWorker("prerelax-3", worker, allowed_failures=3))
+    assert "\n" not in text and "memory" in text and "--memory-limit" in text
+
+
 # -- 11. commands that read a run do not make a run of a typo -----------------------
 
 @pytest.mark.parametrize("argv", [
