@@ -13,10 +13,12 @@ The CVAE's rows that missed the environment then get ``--rounds`` more rounds of
 latent + direct optimisation (``legodask optimize``), and, as the control, the
 same rounds with a fresh latent vector each round and direct optimisation only
 (``--resample``); the control again with ``--long-rounds`` rounds (not ranked)
-shows how many of the missed rows fresh starts reach at all.  Each of the five tables is deduplicated against the known
-crystals (the training set: ``legodask known add``) and its distinct
-valid-environment crystals are relaxed by ReaxFF (``rank --unique``; after the
-rounds only the rows they changed, the others keep the direct pass's energies).
+shows how many of the missed rows fresh starts reach at all, and how well the
+latent loss foretells which of its draws are solved.  Each of the five tables is
+deduplicated against the known crystals (the training set: ``legodask known add``)
+and its distinct valid-environment crystals are relaxed by ReaxFF (``rank
+--unique``; after the rounds only the rows they changed, the others keep the direct
+pass's energies).
 
 Counts per table: valid crystals, valid environments, distinct valid environments,
 distinct and new (not a training crystal), 3D frameworks and layers among the
@@ -134,6 +136,49 @@ def solved_in_rounds(run: Run, table: str) -> int:
     return int((df[S.VALID_ENV].fillna(False).astype(bool) & (df[S.ROUND] > 0)).sum())
 
 
+def latent_auc(run: Run, direct: str, control: str, rounds: int, seed: int = 0) -> dict:
+    """Whether the latent loss tells which fresh starts the direct optimisation will
+    solve: over every draw the resample-only ``control`` made for the rows ``direct``
+    missed (its round ``r`` decodes the same latent vector as ``row_noise(.., r, seed)``;
+    a row draws until a round solves it), the AUC of the loss at the draw and after
+    the rounds' latent steps from it (1: every solved draw scores lower, 0.5: chance)."""
+    import numpy as np
+    import pandas as pd
+    import torch
+    from scipy.stats import rankdata
+
+    from legodask.crystal.environment import get_environment
+    from legodask.models.latent import LatentOptions, optimise_latent
+    from legodask.models.optimize import load_cvae, posterior, row_noise
+
+    torch.set_num_threads(1)
+    base, ctl = (pd.concat(pd.read_parquet(p) for p in run.part_files(t)).set_index(S.ID)
+                 for t in (direct, control))
+    missed = base[base[S.LOSS].notna() & ~base[S.VALID_ENV].fillna(False).astype(bool)]
+    solved_at = ctl.loc[missed.index, S.ROUND].where(
+        ctl.loc[missed.index, S.VALID_ENV].fillna(False).astype(bool), 0).to_numpy()
+    model, encoder = load_cvae(run.model_dir("cvae-cont"))
+    codes, mu, _, ok = posterior(model, encoder, missed.reset_index())
+    env = get_environment("graphite")
+    scores: dict[str, list] = {"at the draw": [], "after latent steps": []}
+    labels = []
+    for r in range(1, rounds + 1):
+        rows = np.flatnonzero(ok & ((solved_at == 0) | (solved_at >= r)))
+        if not len(rows):
+            break
+        z = torch.as_tensor(row_noise(missed.index[rows].tolist(), r, seed, mu.shape[1]))
+        res = optimise_latent(model, encoder, codes[rows], z, env, LatentOptions(), env.params)
+        scores["at the draw"] += list(-np.nan_to_num(res.start, nan=np.inf))
+        scores["after latent steps"] += list(-np.nan_to_num(res.loss, nan=np.inf))
+        labels += list(solved_at[rows] == r)
+    y = np.array(labels, bool)
+    if not y.any() or y.all():
+        return {}
+    auc = {k: float((rankdata(v)[y].sum() - y.sum() * (y.sum() + 1) / 2)
+                    / (y.sum() * (~y).sum())) for k, v in scores.items()}
+    return {"draws": len(y), "solved_draws": int(y.sum()), "auc": auc}
+
+
 def prepare(run: Run, epochs: int, cluster: list[str], stage: Stages) -> None:
     """Ingest, augment, encode, train the three models, add the known crystals."""
     r = ["--run", str(run.path)]
@@ -190,7 +235,8 @@ def main() -> None:
               "cvae-cont", "--input", "prerelaxed_cvae", "--output", "resample_long_cvae",
               "--rounds", str(args.long_rounds), "--device", "torch", "--resample", *cluster)
         long = {"rounds": args.long_rounds, "solved_in_rounds": solved_in_rounds(
-            run, "resample_long_cvae"), "core_s": log["resample long"]["core_s"]}
+            run, "resample_long_cvae"), "core_s": log["resample long"]["core_s"],
+            **latent_auc(run, "prerelaxed_cvae", "resample_long_cvae", args.long_rounds)}
     stage("sample cubic", run.table_path("samples_cubic"), "sample", *r, "--model",
           "cvae-cont", "--n", str(args.n), "--table", "samples_cubic", "--crystal-system",
           "cubic", "--min-distance", "0", *part, *cluster)
@@ -322,6 +368,14 @@ def ceilings(res: dict, missed: int) -> list[str]:
                    f"({long['core_s']:.0f} core-s) solves {long['solved_in_rounds']} of the "
                    f"{missed} missed rows; 1.2x its {res['rounds']}-round count is "
                    f"{1.2 * control:.0f}.")
+        if long.get("auc"):
+            auc = long["auc"]
+            out.append(f"Over the long control's {long['draws']} draws ({long['solved_draws']} "
+                       "solved), the latent loss ranks the draws the direct optimisation "
+                       f"solves first with an AUC of {auc['at the draw']:.2f} at the draw and "
+                       f"{auc['after latent steps']:.2f} after the rounds' latent steps "
+                       "(0.5: chance, 1: every solved draw scores lower): too weak a "
+                       "guide for a start chosen or moved by it to beat a fresh draw by much.")
     base = gens["cvae"]
     if res.get("ranked", True) and base["valid_env"]:
         rate = base["new_low_energy"] / base["valid_env"]
