@@ -68,8 +68,11 @@ def test_a_batch_fed_twice_adds_nothing(training_rows, tmp_path):
     assert two[S.FIRST_ID].tolist() == batch["id"].tolist()
     assert two[S.FP_DATA].isna().all()              # only the first row keeps the data
 
-    # a rerun finds everything done and writes nothing
+    # a rerun finds everything done and writes nothing, not even the table's marks
+    table = first.table_path(S.FINGERPRINTS)
+    stamps = {f: f.stat().st_mtime_ns for f in table.iterdir()}
     assert D.dedup(first, "prerelaxed").written == 0
+    assert {f: f.stat().st_mtime_ns for f in table.iterdir()} == stamps
 
     # a later run: the same batch plus 10 other crystals, against the first run
     later = Run(tmp_path / "later")

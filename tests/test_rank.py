@@ -140,6 +140,10 @@ def test_rank_stage_writes_ranked_table(rows, tmp_path):
     assert "valid_env is false" in ranked.loc[1, "error_tersoff"]
     refs = json.loads(run.file(store.RANK_REFERENCES).read_text())
     assert refs[0]["model"] == "tersoff" and refs[0]["energy"] < -7.3
+    # a rerun over the finished table writes no file of the run
+    stamps = {f: f.stat().st_mtime_ns for f in run.path.rglob("*") if f.is_file()}
+    assert rank_stage.rank(run, ["tersoff"], settings=FAST, only_valid_env=True).written == 0
+    assert {f: f.stat().st_mtime_ns for f in run.path.rglob("*") if f.is_file()} == stamps
 
 
 def test_unique_ranks_one_row_per_crystal(rows, tmp_path):
