@@ -51,6 +51,7 @@ from legodask.store import Run  # noqa: E402
 
 RESULTS = ROOT / "benchmarks/results"
 STAGES_FILE = "yield_stages.json"      # in the run folder: the stages' costs so far
+POLL_S = 10                            # how often a running stage's cost is written
 GENERATORS = ("vae", "gan", "cvae")
 AUGMENT = ["--preset", "v1", "--tries", "4", "--max-per-subgroup", "4",
            "--max-per-structure", "24", "--check", "env"]     # the quick start's caps
@@ -64,7 +65,9 @@ def cpu_seconds() -> float:
 
 class Stages:
     """Runs ``legodask`` stages and keeps each one's core-seconds and wall seconds in
-    ``log`` (and in the run folder, so that a cut run resumed keeps them)."""
+    ``log`` (and in the run folder, so that a cut run resumed keeps them).  A stage's
+    entry is kept up to date as it runs, marked ``cut`` until it ends, so a cut
+    attempt's cost is added to the attempt that finishes it."""
 
     def __init__(self, run: Run):
         self.file = run.file(STAGES_FILE)
@@ -75,12 +78,50 @@ class Stages:
         nothing (``output``, a table or model folder, is as it was: the stage found
         its work done), when the costs measured as it did stand."""
         before = _stamp(output)
+        old = self.log.get(key)
+        fresh = old is None or old.get("cut", False)
+        earlier = old if old and old.get("cut") else {"core_s": 0.0, "wall_s": 0.0}
         c0, t0 = cpu_seconds(), time.perf_counter()
-        subprocess.run([sys.executable, "-m", "legodask.cli", *args], check=True)
-        cost = {"core_s": cpu_seconds() - c0, "wall_s": time.perf_counter() - t0}
-        if key not in self.log or _stamp(output) != before:
-            self.log[key] = cost
-            self.file.write_text(json.dumps(self.log, indent=1))
+        proc = subprocess.Popen([sys.executable, "-m", "legodask.cli", *args])
+        seen: dict[int, float] = {}
+        while True:
+            try:
+                proc.wait(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                if fresh:
+                    self._store(key, earlier, _tree_seconds(proc.pid, seen),
+                                time.perf_counter() - t0, cut=True)
+        if proc.returncode:
+            raise subprocess.CalledProcessError(proc.returncode, proc.args)
+        if fresh or _stamp(output) != before:
+            self._store(key, earlier, cpu_seconds() - c0, time.perf_counter() - t0, cut=False)
+
+    def _store(self, key: str, earlier: dict, core_s: float, wall_s: float,
+               cut: bool) -> None:
+        self.log[key] = {"core_s": earlier["core_s"] + core_s,
+                         "wall_s": earlier["wall_s"] + wall_s, "cut": cut}
+        self.file.write_text(json.dumps(self.log, indent=1))
+
+
+def _tree_seconds(pid: int, seen: dict[int, float]) -> float:
+    """CPU seconds so far of process ``pid`` and its descendants (the stage and its
+    dask workers); ``seen`` keeps each process's last reading, so one that has
+    ended still counts."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        procs = []
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            seen[p.pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return sum(seen.values())
 
 
 def _stamp(path: Path) -> float:
