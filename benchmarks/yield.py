@@ -196,8 +196,8 @@ def latent_auc(run: Run, direct: str, control: str, rounds: int, seed: int = 0) 
     base, ctl = (pd.concat(pd.read_parquet(p) for p in run.part_files(t)).set_index(S.ID)
                  for t in (direct, control))
     missed = base[base[S.LOSS].notna() & ~base[S.VALID_ENV].fillna(False).astype(bool)]
-    solved_at = ctl.loc[missed.index, S.ROUND].where(
-        ctl.loc[missed.index, S.VALID_ENV].fillna(False).astype(bool), 0).to_numpy()
+    ctl = ctl.loc[missed.index]
+    solved_at = ctl[S.ROUND].where(ctl[S.VALID_ENV].fillna(False).astype(bool), 0).to_numpy()
     model, encoder = load_cvae(run.model_dir("cvae-cont"))
     codes, mu, _, ok = posterior(model, encoder, missed.reset_index())
     env = get_environment("graphite")

@@ -123,9 +123,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_json(path: Path, obj: Any, **dump: Any) -> Path:
-    """Write ``obj`` as JSON to ``path`` atomically."""
+    """Write ``obj`` as JSON to ``path`` atomically; a file that already holds that
+    text is left as it is (so a rerun that finds its work done rewrites nothing)."""
+    text = json.dumps(obj, indent=1, **dump)
+    if path.is_file() and path.read_text() == text:
+        return path
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=1, **dump))
+        tmp.write_text(text)
     return path
 
 
@@ -289,8 +293,7 @@ class Run:
         from .cluster import compute
 
         rows = compute(tasks, desc=desc or table)
-        if todo or not self.is_complete(table):   # a finished table is left as it is
-            self.mark_complete(table, len(parts), **info)
+        self.mark_complete(table, len(parts), **info)
         result = StageResult(table, len(todo), len(done), int(sum(rows)))
         log.debug("%s", result)
         return result

@@ -217,8 +217,7 @@ def dedup(run: Run, input: str = S.RANKED, output: str = S.FINGERPRINTS,
             for i, batch in zip(chunk, compute(tasks, desc=f"{output} fingerprints")):
                 rows += join_batch(run, output, i, batch, others, con, matcher, env_tol,
                                    vol_tol, known_parts)
-        if todo or not run.is_complete(output):   # a finished table is left as it is
-            run.mark_complete(output, len(parts), source=input, **made_with)
+        run.mark_complete(output, len(parts), source=input, **made_with)
     result = StageResult(output, len(todo), len(done), rows)
     log.debug("%s", result)
     return result

@@ -50,8 +50,7 @@ def fit(model: TabularModel, encoder: Encoder, stream: ChunkStream, epochs: int,
     same = config_file.exists() and checkpoint.read_json(config_file) == config
     if resume and (out / store.MODEL_LAST).exists() and not same:
         log.warning("%s holds a model of another configuration: training anew", out)
-    if not same:
-        checkpoint.save_json(config, config_file)
+    checkpoint.save_json(config, config_file)
     history: list[dict[str, float]] = []
     if resume and same and (out / store.MODEL_LAST).exists():
         ckpt = checkpoint.load(out / store.MODEL_LAST, model.device)

@@ -32,8 +32,8 @@ class Stage:
     gpu: bool = False           # goes to a GPU worker when the cluster has one
     pipeline: bool = False      # a step of ``legodask run``
     # "write": logs into the run, making it when the stage reads nothing from it;
-    # "report": reads a run that must exist and logs into it; "read": reads a run that must exist and writes nothing there
-    # (works on a run that is not the user's to write).
+    # "report": reads a run that must exist and logs into it; "read": reads a run that
+    # must exist and writes nothing there (works on a run that is not the user's to write).
     access: str = "write"
 
     @property

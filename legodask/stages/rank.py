@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, fields
@@ -44,9 +43,7 @@ def rank(run: Run, models: Sequence[str], input: str = S.PRERELAXED,
     with dask.annotate(**(annotations or {})):
         tasks = [dask.delayed(reference_energy)(m, options[m], settings) for m in models]
     refs = cluster.compute(tasks, desc="graphite references")
-    ref_file = run.file(store.RANK_REFERENCES)
-    if not ref_file.exists() or json.loads(ref_file.read_text()) != [asdict(r) for r in refs]:
-        store.write_json(ref_file, [asdict(r) for r in refs])   # a rerun leaves it as it is
+    store.write_json(run.file(store.RANK_REFERENCES), [asdict(r) for r in refs])
     for r in refs:
         if r.error:
             log.warning("rank: graphite with %s failed (%s); %s%s is NaN",
